@@ -1,0 +1,166 @@
+"""The embedded default corpus: the running interpreter's standard library.
+
+Every machine that can run this package has a real, non-trivial text corpus
+offline: the PSF-licensed CPython sources of the running interpreter's
+standard library (``sysconfig.get_paths()["stdlib"]``). We turn its ``.py``
+files into ``train.jsonl`` / ``validation.jsonl`` so the default training run
+needs no download.
+
+The corpus is deterministic per Python version (major.minor.micro): files are
+visited in sorted relative-path order and the split is a hash of the module
+name, so two machines with the same interpreter build identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import sys
+import sysconfig
+import zlib
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation")
+# Path components that mark test suites or non-stdlib code we do not want.
+_EXCLUDED_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__"})
+# One module in VALIDATION_MODULUS goes to validation (~2%).
+VALIDATION_MODULUS = 50
+_MANIFEST_VERSION = 1
+
+
+def python_version() -> str:
+    """Return the running interpreter's ``major.minor.micro`` version string."""
+    return "{}.{}.{}".format(*sys.version_info[:3])
+
+
+def default_data_dir() -> pathlib.Path:
+    """Return the directory holding generated data (corpus, tokenizer, caches).
+
+    ``$T5X_LIKE_DATA_DIR`` wins; otherwise the checkout's ``data/`` directory
+    (recognised by its ``README.md``) when running from a source tree;
+    otherwise ``~/.cache/t5x_like/data`` for installed packages.
+    """
+    override = os.environ.get("T5X_LIKE_DATA_DIR")
+    if override:
+        return pathlib.Path(override).expanduser()
+    repo_data = pathlib.Path(__file__).resolve().parents[2] / "data"
+    if (repo_data / "README.md").is_file():
+        return repo_data
+    return pathlib.Path.home() / ".cache" / "t5x_like" / "data"
+
+
+def module_name(relpath: pathlib.PurePath) -> str:
+    """Map a stdlib-relative path to its dotted module name.
+
+    ``json/decoder.py`` -> ``json.decoder``; ``json/__init__.py`` -> ``json``.
+    """
+    parts = list(relpath.with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def split_of(module: str) -> str:
+    """Return ``"validation"`` for ~2% of modules (stable hash), else ``"train"``."""
+    return "validation" if zlib.crc32(module.encode()) % VALIDATION_MODULUS == 0 else "train"
+
+
+def _iter_source_files(stdlib: pathlib.Path):
+    """Yield stdlib-relative paths of candidate ``.py`` files, sorted."""
+    relpaths = []
+    for path in stdlib.rglob("*.py"):
+        rel = path.relative_to(stdlib)
+        if _EXCLUDED_DIRS.intersection(rel.parts[:-1]):
+            continue
+        relpaths.append(rel)
+    # Sort on the POSIX string so the order does not depend on the filesystem.
+    yield from sorted(relpaths, key=lambda p: p.as_posix())
+
+
+def _manifest_matches(out_dir: pathlib.Path) -> bool:
+    """True iff a complete corpus for this interpreter already exists in ``out_dir``."""
+    manifest_path = out_dir / "manifest.json"
+    if not all((out_dir / f"{s}.jsonl").is_file() for s in SPLITS) or not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (
+        manifest.get("python_version") == python_version()
+        and manifest.get("manifest_version") == _MANIFEST_VERSION
+    )
+
+
+def _write_splits(stdlib: pathlib.Path, tmp: dict[str, pathlib.Path]) -> tuple[dict, dict, dict]:
+    """Write one JSON line per stdlib source file to ``tmp[split]``; return counts, bytes, skips."""
+    version = python_version()
+    counts = {s: 0 for s in SPLITS}
+    nbytes = {s: 0 for s in SPLITS}
+    skipped = {"not_utf8": 0, "empty": 0}
+    handles = {s: open(tmp[s], "w", encoding="utf-8") for s in SPLITS}
+    try:
+        for rel in _iter_source_files(stdlib):
+            try:
+                text = (stdlib / rel).read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                skipped["not_utf8"] += 1
+                continue
+            # Whitespace-only files (empty __init__.py) carry nothing to learn.
+            if not text.strip():
+                skipped["empty"] += 1
+                continue
+            module = module_name(rel)
+            split = split_of(module)
+            url = f"https://github.com/python/cpython/blob/v{version}/Lib/{rel.as_posix()}"
+            record = {"text": text, "module": module, "url": url}
+            handles[split].write(json.dumps(record, ensure_ascii=False) + "\n")
+            counts[split] += 1
+            nbytes[split] += len(text.encode("utf-8"))
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return counts, nbytes, skipped
+
+
+def build_stdlib_corpus(out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
+    """Build (or reuse) the stdlib corpus in ``out_dir``.
+
+    Returns ``{"train": path, "validation": path, "manifest": path}``. Files are
+    written to temporary names and renamed, so an interrupted build never
+    leaves a half-written corpus that a later call would trust.
+    """
+    out_dir = pathlib.Path(out_dir)
+    paths = {s: out_dir / f"{s}.jsonl" for s in SPLITS}
+    paths["manifest"] = out_dir / "manifest.json"
+    if _manifest_matches(out_dir):
+        return paths
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    tmp = {s: paths[s].with_suffix(f".jsonl.tmp{os.getpid()}") for s in SPLITS}
+    counts, nbytes, skipped = _write_splits(stdlib, tmp)
+    for split in SPLITS:
+        os.replace(tmp[split], paths[split])
+    manifest = {
+        "manifest_version": _MANIFEST_VERSION,
+        "python_version": python_version(),
+        "source": str(stdlib),
+        "documents": counts,
+        "text_bytes": nbytes,
+        "skipped": skipped,
+        "validation_rule": f"zlib.crc32(module) % {VALIDATION_MODULUS} == 0",
+    }
+    # The manifest is written last: its presence marks the corpus as complete.
+    tmp_manifest = paths["manifest"].with_suffix(f".json.tmp{os.getpid()}")
+    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_manifest, paths["manifest"])
+    logger.info("Built stdlib corpus in %s: %s", out_dir, manifest)
+    return paths
+
+
+def stdlib_corpus_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Return ``<data_dir>/stdlib`` (``data_dir`` defaults to :func:`default_data_dir`)."""
+    return pathlib.Path(data_dir if data_dir is not None else default_data_dir()) / "stdlib"

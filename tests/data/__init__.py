@@ -1,0 +1,1 @@
+"""Tests for t5x_like.data."""
