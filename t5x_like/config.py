@@ -1,0 +1,307 @@
+"""Typed, frozen, validated run configuration.
+
+Every knob of a run is a field of one of the dataclasses below, with its type, its default and a
+line of documentation. Gin binds them (see `gin_loader`), but nothing here knows about gin: tests
+and library users build them directly. Each dataclass validates itself on construction, so a wrong
+value fails before anything compiles, naming the field and the reason.
+
+The defaults are the tiny CPU run on the embedded standard-library corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+# Logical axis name -> mesh axes, first match wins per array dimension (T5X/MaxText style).
+# Mesh axes already used by an earlier dimension of the same array are skipped, so e.g. a
+# ('embed', 'mlp') kernel is sharded fsdp x tensor and a ('vocab', 'embed') table tensor x fsdp.
+DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("length", None),
+    ("layers", None),
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the reason."""
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether `value` fits the (simple) type annotation; int is accepted where float is asked."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin is dict:
+        key_t, val_t = typing.get_args(annotation)
+        return isinstance(value, dict) and all(
+            _matches(k, key_t) and _matches(v, val_t) for k, v in value.items())
+    return isinstance(value, origin or annotation)
+
+
+def _freeze(value: Any) -> Any:
+    """Gin and JSON hand over lists; fields are tuples so the configs stay hashable and frozen."""
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Validated:
+    """Base: checks every field against its annotation, then runs the class's `_validate`."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = _freeze(getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
+            if not _matches(value, hints[field.name]):
+                self._fail(field.name, value,
+                           f"expected {hints[field.name]}, got {type(value).__name__}")
+        self._validate()
+
+    def _validate(self) -> None:
+        pass
+
+    def _fail(self, name: str, value: Any, reason: str) -> typing.NoReturn:
+        raise ConfigError(f"{type(self).__name__}.{name} = {value!r}: {reason}")
+
+    def _require(self, ok: bool, name: str, reason: str) -> None:
+        if not ok:
+            self._fail(name, getattr(self, name), reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain Python values (JSON-able), for checkpoints and logs."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Validated):
+    """Shapes and numerics of a Llama-style decoder-only Transformer."""
+
+    vocab_size: int = 2048  # embedding rows; >= the tokenizer's vocabulary
+    d_model: int = 256  # residual stream width
+    num_layers: int = 4
+    num_heads: int = 4  # query heads
+    num_kv_heads: int = 2  # key/value heads (grouped-query attention); divides num_heads
+    head_dim: int = 64
+    mlp_dim: int = 768  # SwiGLU hidden width
+    rope_theta: float = 10_000.0  # RoPE base (Llama 3: 500000)
+    norm_eps: float = 1e-6  # RMSNorm epsilon
+    tie_embeddings: bool = False  # share the input embedding with the output projection
+    scan_layers: bool = True  # stack layers and lax.scan over them (fast compiles at depth)
+    remat_policy: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+    dtype: str = "float32"  # activation/compute dtype, e.g. bfloat16 on TPU/GPU
+    param_dtype: str = "float32"  # storage dtype of the parameters and optimizer moments
+
+    def _validate(self):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "mlp_dim"):
+            self._require(getattr(self, name) > 0, name, "must be positive")
+        self._require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
+                      f"must divide num_heads={self.num_heads}")
+        self._require(self.head_dim % 2 == 0, "head_dim", "must be even for RoPE")
+        self._require(self.rope_theta > 0, "rope_theta", "must be positive")
+        self._require(self.remat_policy in ("none", "full", "dots"), "remat_policy",
+                      "must be one of none, full, dots")
+        for name in ("dtype", "param_dtype"):
+            self._require(getattr(self, name) in ("float32", "bfloat16", "float16"), name,
+                          "must be float32, bfloat16 or float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(_Validated):
+    """Device mesh: ICI (within a slice) x DCN (across slices) sizes per axis; -1 fills."""
+
+    ici_data: int = -1
+    ici_fsdp: int = 1
+    ici_tensor: int = 1
+    dcn_data: int = 1  # data parallelism across slices/hosts is the cheap default over DCN
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
+    logical_axis_rules: tuple[tuple[str, Any], ...] = DEFAULT_LOGICAL_AXIS_RULES
+
+    def _validate(self):
+        for prefix in ("ici", "dcn"):
+            sizes = [getattr(self, f"{prefix}_{a}") for a in ("data", "fsdp", "tensor")]
+            for axis, size in zip(("data", "fsdp", "tensor"), sizes):
+                self._require(size == -1 or size > 0, f"{prefix}_{axis}", "must be -1 or > 0")
+            self._require(sizes.count(-1) <= 1, f"{prefix}_data",
+                          f"at most one {prefix}_* axis may be -1 (fill), got {sizes}")
+        for rule in self.logical_axis_rules:
+            if not (len(rule) == 2 and isinstance(rule[0], str)):
+                self._fail("logical_axis_rules", rule, "each rule is (logical_name, mesh_axes)")
+
+    @property
+    def ici_shape(self) -> tuple[int, int, int]:
+        """(data, fsdp, tensor) sizes within a slice."""
+        return (self.ici_data, self.ici_fsdp, self.ici_tensor)
+
+    @property
+    def dcn_shape(self) -> tuple[int, int, int]:
+        """(data, fsdp, tensor) sizes across slices."""
+        return (self.dcn_data, self.dcn_fsdp, self.dcn_tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(_Validated):
+    """Optimizer, learning-rate schedule and gradient clipping."""
+
+    name: str = "adamw"  # adamw | adafactor
+    learning_rate: float = 3e-3  # peak learning rate
+    schedule: str = "cosine"  # cosine | linear | rsqrt | wsd (warmup-stable-decay) | constant
+    warmup_steps: int = 50
+    # Steps the schedule spans; 0 = TrainConfig.train_steps. Fix it to extend a run in pieces
+    # (TRAIN_STEPS=10, then 20, ends exactly like one 20-step run when both use 20 here).
+    schedule_steps: int = 0
+    end_lr_fraction: float = 0.1  # cosine/linear/wsd end at this fraction of the peak
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly
+    b1: float = 0.9  # AdamW only (Adafactor follows T5: factored, no momentum, decay t^-0.8)
+    b2: float = 0.95  # AdamW only
+    eps: float = 1e-8  # AdamW only
+    weight_decay: float = 0.1  # decoupled; not applied to norms' scales
+    grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables
+
+    def _validate(self):
+        self._require(self.name in ("adamw", "adafactor"), "name", "must be adamw or adafactor")
+        self._require(self.schedule in ("cosine", "linear", "rsqrt", "wsd", "constant"),
+                      "schedule", "must be cosine, linear, rsqrt, wsd or constant")
+        self._require(self.learning_rate > 0, "learning_rate", "must be positive")
+        self._require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        self._require(self.schedule_steps >= 0, "schedule_steps", "must be >= 0 (0 = train_steps)")
+        self._require(0 <= self.end_lr_fraction <= 1, "end_lr_fraction", "must be in [0, 1]")
+        self._require(0 < self.decay_fraction <= 1, "decay_fraction", "must be in (0, 1]")
+        self._require(0 <= self.b1 < 1 and 0 <= self.b2 < 1, "b1", "betas must be in [0, 1)")
+        self._require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        self._require(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 disables)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Validated):
+    """Where the tokens come from and how they become packed rows."""
+
+    # 'stdlib' is the embedded corpus (the host Python's standard library); otherwise a path
+    # or glob of JSONL files ({"text": ..., other metadata fields}).
+    mixture_or_task_name: str = "stdlib"
+    eval_files: str = ""  # JSONL path/glob for eval; '' = the task's own validation split
+    text_field: str = "text"
+    task_feature_lengths: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"targets": 256})
+    tokenizer_path: str = ""  # sentencepiece .model; '' = trained on the stdlib corpus
+    data_dir: str = ""  # '' = the repository's data/ (or ~/.cache/t5x_like/data)
+    seed: int = 0  # shuffle order of the packed rows
+
+    def _validate(self):
+        lengths = self.task_feature_lengths
+        self._require(set(lengths) == {"targets"}, "task_feature_lengths",
+                      "a decoder-only run takes exactly {'targets': L}")
+        self._require(all(v > 0 for v in lengths.values()), "task_feature_lengths",
+                      "lengths must be positive")
+        self._require(bool(self.mixture_or_task_name), "mixture_or_task_name",
+                      "name 'stdlib' or give a JSONL path/glob")
+
+    @property
+    def seq_len(self) -> int:
+        """Packed row length of the decoder."""
+        return self.task_feature_lengths["targets"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Validated):
+    """The loop: steps, batch, loss extras, evaluation, logging and checkpoints."""
+
+    model_dir: str = ""  # '' = a default directory that `t5x-like train` prints
+    train_steps: int = 300  # total optimizer steps of the run (resuming continues to this)
+    batch_size: int = 16  # global batch, in packed rows
+    grad_accum_steps: int = 1  # micro-batches per step; divides batch_size
+    z_loss: float = 1e-4  # weight of log(Z)^2, keeps the softmax normalizer near 1
+    seed: int = 0  # parameter initialization
+    log_every: int = 10  # steps between metric lines
+    eval_every: int = 100  # steps between eval passes; 0 = only at the end
+    eval_batches: int = 4  # batches per eval pass (the eval split is deterministic)
+    checkpoint_every: int = 100  # steps between checkpoints; the last step always saves
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    progress_bar: bool = True  # a tqdm bar when stderr is a terminal
+
+    def _validate(self):
+        self._require(self.train_steps > 0, "train_steps", "must be positive")
+        self._require(self.batch_size > 0, "batch_size", "must be positive")
+        self._require(self.grad_accum_steps > 0 and self.batch_size % self.grad_accum_steps == 0,
+                      "grad_accum_steps", f"must be positive and divide batch_size="
+                                          f"{self.batch_size}")
+        self._require(self.z_loss >= 0, "z_loss", "must be >= 0")
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+            self._require(getattr(self, name) > 0, name, "must be positive")
+        self._require(self.eval_every >= 0, "eval_every", "must be >= 0")
+        self._require(self.eval_batches > 0, "eval_batches", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(_Validated):
+    """One training run: every part above, checked together."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def _validate(self):
+        warmup, steps = self.optimizer.warmup_steps, self.schedule_steps
+        if self.optimizer.schedule != "rsqrt" and warmup >= steps:
+            raise ConfigError(f"OptimizerConfig.warmup_steps = {warmup}: must be below the "
+                              f"schedule's {steps} steps (OptimizerConfig.schedule_steps, or "
+                              f"TrainConfig.train_steps when that is 0)")
+
+    @property
+    def schedule_steps(self) -> int:
+        """Steps the learning-rate schedule spans."""
+        return self.optimizer.schedule_steps or self.train.train_steps
+
+
+def _layer_matmul_params(cfg: ModelConfig) -> int:
+    attn = cfg.d_model * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+    return attn + 3 * cfg.d_model * cfg.mlp_dim
+
+
+def num_params(cfg: ModelConfig) -> int:
+    """Parameter count implied by a ModelConfig (checked against the real model in tests)."""
+    per_layer = _layer_matmul_params(cfg) + 2 * cfg.d_model  # two RMSNorm scales
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
+    return cfg.vocab_size * cfg.d_model + cfg.num_layers * per_layer + cfg.d_model + head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), PaLM appendix B convention.
+
+    6 x the matmul parameters (every layer's projections and the output projection, tied or not;
+    the input embedding is a gather) plus the attention score and value matmuls,
+    12 x layers x heads x head_dim x seq_len (not halved for causality, as in PaLM).
+    """
+    matmul_params = cfg.num_layers * _layer_matmul_params(cfg) + cfg.vocab_size * cfg.d_model
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+    return 6.0 * matmul_params + attention

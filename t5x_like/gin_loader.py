@@ -1,0 +1,146 @@
+"""Gin files and `--gin.KEY=VALUE` flags -> a validated RunConfig (T5X-style composition).
+
+The dataclasses of `t5x_like.config` are registered with gin here and nowhere else. A run is
+composed from files such as `configs/runs/pretrain.gin` (which includes a `configs/models/*.gin`)
+plus overrides: `--gin.TRAIN_STEPS=100` sets a macro, `--gin.ModelConfig.num_layers=8` a field.
+Every failure (unknown configurable or field, wrong type, out-of-range value, an override that
+nothing reads) is a ConfigError naming the key and the reason, raised before anything compiles.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import os
+import pathlib
+import re
+from typing import Sequence
+
+import gin
+
+from t5x_like import config as cfg_lib
+from t5x_like.config import ConfigError, RunConfig
+
+_PARTS = {"model": cfg_lib.ModelConfig, "mesh": cfg_lib.MeshConfig,
+          "optimizer": cfg_lib.OptimizerConfig, "data": cfg_lib.DataConfig,
+          "train": cfg_lib.TrainConfig}
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_GIN_FILE = "runs/pretrain.gin"
+_registered: dict[str, object] = {}
+
+
+def _register() -> dict[str, object]:
+    if not _registered:
+        for part, cls in _PARTS.items():
+            _registered[part] = gin.external_configurable(cls, module="t5x_like")
+    return _registered
+
+
+def resolve_gin_file(name: str) -> str:
+    """A path as given, else relative to the repository's configs/ directory."""
+    for candidate in (pathlib.Path(name), CONFIGS_DIR / name):
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"gin file {name!r} not found (looked in the working directory and in "
+                      f"{CONFIGS_DIR}); available: {', '.join(available_gin_files())}")
+
+
+def available_gin_files() -> list[str]:
+    """Gin files shipped under configs/, relative to it."""
+    return sorted(str(p.relative_to(CONFIGS_DIR)) for p in CONFIGS_DIR.rglob("*.gin"))
+
+
+def flag_to_binding(key: str, value: str) -> str:
+    """`--gin.KEY=VALUE` -> a gin binding; bare words become strings (`MODEL_DIR=/tmp/x`)."""
+    value = value.strip()
+    if not value.startswith(("@", "%")):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            value = repr(value)
+    return f"{key} = {value}"
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+def _explain(error: Exception) -> str:
+    text = str(error).split("\n")[0]
+    if m := re.search(r"Configurable '(\w+)' doesn't have a parameter named '(\w+)'", text):
+        part = next(c for c in _PARTS.values() if c.__name__ == m[1])
+        fields = [f.name for f in part.__dataclass_fields__.values()]
+        return f"{text}{_suggest(m[2], fields)} Fields: {', '.join(fields)}."
+    if m := re.search(r"No configurable matching '([\w.]+)'", text):
+        names = [c.__name__ for c in _PARTS.values()]
+        return f"{text}.{_suggest(m[1], names)} Configurables: {', '.join(names)}."
+    if m := re.search(r"in scope '(\w+)'", str(error)):
+        return f"macro %{m[1]} is used but never defined; define it in a gin file or flag"
+    return str(error)
+
+
+def _check_macros_used(files: Sequence[str], flags: dict[str, str]) -> None:
+    text = "\n".join(pathlib.Path(f).read_text() for f in _with_includes(files))
+    text += "\n".join(flags.values())
+    known = sorted(set(re.findall(r"%(\w+)", text)))
+    for key in flags:
+        if "." not in key and key not in known:
+            raise ConfigError(f"--gin.{key}: no gin file reads macro %{key}; known macros: "
+                              f"{', '.join(known)}")
+
+
+def _with_includes(files: Sequence[str]) -> list[str]:
+    out, todo = [], list(files)
+    while todo:
+        path = todo.pop()
+        out.append(path)
+        for inc in re.findall(r"^include\s+['\"](.+?)['\"]", pathlib.Path(path).read_text(), re.M):
+            todo.append(resolve_gin_file(inc))
+    return out
+
+
+def load_run_config(gin_files: Sequence[str] = (), flags: dict[str, str] | None = None,
+                    *, model_dir: str | None = None) -> RunConfig:
+    """Parse gin files and `--gin.` flags into a validated RunConfig."""
+    flags = dict(flags or {})
+    builders = _register()
+    gin.clear_config()
+    gin.add_config_file_search_path(str(CONFIGS_DIR))
+    files = [resolve_gin_file(f) for f in gin_files]
+    _check_macros_used(files, flags)
+    bindings = [flag_to_binding(k, v) for k, v in flags.items()]
+    try:
+        gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+        parts = {name: build() for name, build in builders.items()}
+        run = RunConfig(**parts)
+    except ConfigError as e:
+        raise ConfigError(str(e).split("\n")[0]) from None
+    except (ValueError, TypeError, KeyError, IOError) as e:
+        raise ConfigError(_explain(e)) from None
+    if model_dir is not None:
+        run = with_model_dir(run, model_dir)
+    return run
+
+
+def with_model_dir(run: RunConfig, model_dir: str) -> RunConfig:
+    """`run` with TrainConfig.model_dir replaced."""
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, model_dir=model_dir))
+
+
+def write_operative_config(model_dir: str) -> str:
+    """Write every value the run used (defaults included) to MODEL_DIR/config.gin."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, "config.gin")
+    with open(path, "w") as f:
+        f.write(gin.operative_config_str())
+    return path
+
+
+def load_model_dir_config(model_dir: str, flags: dict[str, str] | None = None) -> RunConfig:
+    """The RunConfig a training run wrote to MODEL_DIR/config.gin (for eval and generate)."""
+    path = os.path.join(model_dir, "config.gin")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} not found: is {model_dir!r} the MODEL_DIR of a training run?")
+    return load_run_config([path], flags, model_dir=model_dir)
