@@ -1,0 +1,130 @@
+"""The maths of one training or evaluation step, as module-level pure functions.
+
+A train state is a plain dict {'step', 'params', 'opt_state'} of arrays, so jit shardings, donation
+and orbax checkpoints all see an ordinary pytree. The model enters as an NNX graph definition plus
+its parameter tree; nothing here knows the mesh.
+
+Batches are dicts of [B, L] int32 arrays with T5X's decoder feature names:
+decoder_input_tokens, decoder_target_tokens, decoder_segment_ids, decoder_positions,
+decoder_loss_weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+Batch = dict[str, jax.Array]
+TrainState = dict[str, Any]
+
+
+def cross_entropy_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array,
+                       z_loss: float) -> dict[str, jax.Array]:
+    """Weighted sums (not means) of the loss terms, so micro-batches and hosts add up exactly.
+
+    Returns cross-entropy, z-loss (z_loss * log(Z)^2, PaLM), correct predictions and weight.
+    A row whose weights are all zero contributes zeros, never NaN.
+    """
+    logits = logits_BxLxV.astype(jnp.float32)
+    log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
+    target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+    weights = weights_BxL.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == targets_BxL).astype(jnp.float32)
+    return {
+        "cross_entropy": jnp.sum((log_z_BxL - target_logit_BxL) * weights),
+        "z_loss": z_loss * jnp.sum(jnp.square(log_z_BxL) * weights),
+        "correct": jnp.sum(correct * weights),
+        "weight": jnp.sum(weights),
+    }
+
+
+def forward_sums(params: Any, graphdef: nnx.GraphDef, batch: Batch,
+                 z_loss: float) -> dict[str, jax.Array]:
+    """Run the model on a packed batch and return the loss sums of `cross_entropy_sums`."""
+    model = nnx.merge(graphdef, params)
+    logits_BxLxV = model(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+                         batch["decoder_positions"])
+    return cross_entropy_sums(logits_BxLxV, batch["decoder_target_tokens"],
+                              batch["decoder_loss_weights"], z_loss)
+
+
+def _micro_batches(batch: Batch, num: int) -> Batch:
+    """[B, ...] -> [num, B/num, ...], row i of micro-batch j being row j*B/num + i."""
+    return jax.tree.map(lambda x: x.reshape(num, x.shape[0] // num, *x.shape[1:]), batch)
+
+
+def accumulated_grads(params: Any, graphdef: nnx.GraphDef, batch: Batch, *, z_loss: float,
+                      grad_accum_steps: int) -> tuple[Any, dict[str, jax.Array]]:
+    """Gradient of the summed loss over `grad_accum_steps` sequential micro-batches, and sums.
+
+    Summing first and normalizing once by the total weight makes accumulation exactly the
+    full-batch gradient, however the loss weights are spread across micro-batches.
+    """
+    def summed_loss(p, micro):
+        sums = forward_sums(p, graphdef, micro, z_loss)
+        return sums["cross_entropy"] + sums["z_loss"], sums
+
+    grad_fn = jax.grad(summed_loss, has_aux=True)
+    if grad_accum_steps == 1:
+        return grad_fn(params, batch)
+
+    def body(carry, micro):
+        grads, sums = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct",
+                                                          "weight")}
+    (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums),
+                                    _micro_batches(batch, grad_accum_steps))
+    return grads, sums
+
+
+def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, schedule: Callable, z_loss: float,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step. A non-finite loss or gradient leaves the state untouched.
+
+    Skipping the update (rather than applying NaNs) means the state the trainer may checkpoint is
+    always finite; the `finite` metric tells the trainer to stop with an error.
+    """
+    grads, sums = accumulated_grads(state["params"], graphdef, batch, z_loss=z_loss,
+                                    grad_accum_steps=grad_accum_steps)
+    denom = jnp.maximum(sums["weight"], 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, new_opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_params = optax.apply_updates(state["params"], updates)
+    loss = (sums["cross_entropy"] + sums["z_loss"]) / denom
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": new_opt_state}
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    metrics = {
+        "loss": loss,
+        "cross_entropy": sums["cross_entropy"] / denom,
+        "z_loss": sums["z_loss"] / denom,
+        "accuracy": sums["correct"] / denom,
+        "tokens": sums["weight"],
+        "grad_norm": grad_norm,
+        "param_norm": optax.global_norm(state["params"]),
+        "learning_rate": schedule(state["step"]),
+        "finite": finite,
+    }
+    return new_state, metrics
+
+
+def eval_step(params: Any, batch: Batch, *, graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
+    """Loss sums of one eval batch (summed across batches by the caller, then normalized)."""
+    return forward_sums(params, graphdef, batch, z_loss=0.0)
+
+
+def eval_metrics(total: dict[str, float]) -> dict[str, float]:
+    """Turn summed eval sums into loss, perplexity and token accuracy."""
+    weight = max(total["weight"], 1.0)
+    loss = total["cross_entropy"] / weight
+    return {"eval_loss": loss, "eval_perplexity": float(jnp.exp(jnp.minimum(loss, 80.0))),
+            "eval_accuracy": total["correct"] / weight, "eval_tokens": total["weight"]}
