@@ -1,0 +1,271 @@
+"""The training loop: set up, restore or initialize, compile ahead of time, then step.
+
+Reads top to bottom in banner-marked sections. Collaborators (the model factory, the inputs, the
+partitioner) are passed in, so tests and gin can swap them; defaults come from the RunConfig.
+The loop dispatches step N before reading step N-1's metrics, so the host never idles the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from t5x_like import checkpointing, optim, state as state_lib, step as step_lib
+from t5x_like.config import RunConfig, flops_per_token
+from t5x_like.inputs import Inputs
+from t5x_like.metrics import MetricsWriter, peak_flops_per_device, read_metrics
+from t5x_like.models.decoder import Decoder
+from t5x_like.partitioning import Partitioner, make_mesh
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss or gradient; the last checkpoint is untouched."""
+
+
+def default_model_factory(cfg: RunConfig) -> Callable[[nnx.Rngs], nnx.Module]:
+    """The decoder-only model of `cfg.model`."""
+    return lambda rngs: Decoder(cfg.model, rngs=rngs)
+
+
+def default_partitioner(cfg: RunConfig) -> Partitioner:
+    """A mesh over all devices shaped by `cfg.mesh`."""
+    mesh = make_mesh(cfg.mesh.ici_shape, cfg.mesh.dcn_shape)
+    return Partitioner(mesh, cfg.mesh.logical_axis_rules)
+
+
+def _global_shapes(example_batch: dict[str, np.ndarray], batch_size: int, sharding):
+    return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype, sharding=sharding)
+            for k, v in example_batch.items()}
+
+
+def compile_train_step(cfg: RunConfig, graphdef: nnx.GraphDef, partitioner: Partitioner, tx,
+                       schedule, shardings: Any, abstract_state: Any,
+                       example_batch: dict[str, np.ndarray]):
+    """AOT-compile the train step (state donated) and log its memory before step 1."""
+    train_fn = functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx,
+                                 schedule=schedule, z_loss=cfg.train.z_loss,
+                                 grad_accum_steps=cfg.train.grad_accum_steps)
+    batch_sharding = partitioner.batch_sharding
+    abstract = state_lib.abstract_state_with_shardings(abstract_state, shardings)
+    batch = _global_shapes(example_batch, cfg.train.batch_size, batch_sharding)
+    with partitioner.activation_context():
+        compiled = jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
+                           out_shardings=(shardings, partitioner.replicated()),
+                           donate_argnums=0).lower(abstract, batch).compile()
+    _log_memory(compiled)
+    return compiled
+
+
+def compile_eval_step(graphdef: nnx.GraphDef, params: Any, partitioner: Partitioner,
+                      example_batch: dict[str, np.ndarray], batch_size: int):
+    """AOT-compile the eval step for global batches of `batch_size` rows."""
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            params, shardings)
+    batch_sharding = partitioner.batch_sharding
+    with partitioner.activation_context():
+        return jax.jit(functools.partial(step_lib.eval_step, graphdef=graphdef),
+                       in_shardings=(shardings, batch_sharding),
+                       out_shardings=partitioner.replicated()
+                       ).lower(abstract, _global_shapes(example_batch, batch_size,
+                                                        batch_sharding)).compile()
+
+
+def _log_memory(compiled) -> None:
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return
+    gib = 1 / 2**30
+    log.info("train step memory per device: arguments %.3f GiB, outputs %.3f GiB, temporaries "
+             "%.3f GiB (donated state aliases outputs)", mem.argument_size_in_bytes * gib,
+             mem.output_size_in_bytes * gib, mem.temp_size_in_bytes * gib)
+
+
+def evaluate(eval_step, params, batches, partitioner: Partitioner) -> dict[str, float]:
+    """Loss, perplexity and token accuracy over the fixed eval batches."""
+    total = {"cross_entropy": 0.0, "correct": 0.0, "weight": 0.0, "z_loss": 0.0}
+    for batch in batches:
+        sums = jax.device_get(eval_step(params, partitioner.global_batch(batch)))
+        total = {k: total[k] + float(sums[k]) for k in total}
+    return step_lib.eval_metrics(total)
+
+
+class StepReporter:
+    """Turns step metrics (device arrays) into log rows; raises on a non-finite loss."""
+
+    def __init__(self, cfg: RunConfig, writer: MetricsWriter, tokens_per_step: int,
+                 num_devices: int, progress=None):
+        self.cfg, self.writer, self.progress = cfg, writer, progress
+        self.tokens_per_step = tokens_per_step
+        peak, self.peak_source = peak_flops_per_device(cfg.model.dtype)
+        self.peak_total = peak * num_devices
+        self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len)
+        self._last_time, self._steps_since = time.perf_counter(), 0
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, step: int, metrics: dict[str, jax.Array], extra=None) -> None:
+        host = jax.device_get(metrics)  # blocks on this step only; the next one is queued
+        if not bool(host.pop("finite")):
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {step} (loss={float(host['loss'])}, "
+                f"grad_norm={float(host['grad_norm'])}); the update was skipped and no "
+                f"checkpoint was written after it. Lower OptimizerConfig.learning_rate, raise "
+                f"warmup_steps, or check the data near this step.")
+        self._steps_since += 1
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(loss=f"{float(host['loss']):.3f}")
+        if step % self.cfg.train.log_every and step != self.cfg.train.train_steps and not extra:
+            return
+        now = time.perf_counter()
+        tokens_per_second = self._steps_since * self.tokens_per_step / (now - self._last_time)
+        self._last_time, self._steps_since = now, 0
+        host.update(tokens_per_second=tokens_per_second,
+                    mfu=tokens_per_second * self.flops_per_token / self.peak_total, **(extra or {}))
+        row = self.writer.write(step, host)
+        self.rows.append(row)
+        log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                 if k != "step"))
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Write an eval row (also reset the throughput clock: eval time is not step time)."""
+        row = self.writer.write(step, metrics)
+        self.rows.append(row)
+        log.info("eval at step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        self._last_time, self._steps_since = time.perf_counter(), 0
+
+
+def restore_or_init(cfg: RunConfig, factory, tx, partitioner, checkpointer, data_iter):
+    """(state, shardings, abstract_state, start_step): the latest checkpoint if any."""
+    abstract_state, shardings = state_lib.state_shardings(factory, tx, partitioner)
+    latest = checkpointer.latest_step()
+    if latest is None:
+        state, _ = state_lib.init_state(factory, tx, partitioner, cfg.train.seed)
+        return state, shardings, abstract_state, 0
+    target = state_lib.abstract_state_with_shardings(abstract_state, shardings)
+    state = checkpointer.restore(latest, target, data_iter, cfg.model.to_dict())
+    return state, shardings, abstract_state, int(latest)
+
+
+def load_trained(cfg: RunConfig, *, model_factory=None, partitioner: Partitioner | None = None,
+                 step: int | None = None) -> tuple[Any, nnx.GraphDef, int, Partitioner]:
+    """(params, graphdef, step, partitioner) of MODEL_DIR's latest (or given) checkpoint."""
+    factory = model_factory or default_model_factory(cfg)
+    partitioner = partitioner or default_partitioner(cfg)
+    tx, _ = optim.make_optimizer(cfg.optimizer, cfg.schedule_steps)
+    checkpointer = checkpointing.Checkpointer(cfg.train.model_dir, keep=cfg.train.keep_checkpoints,
+                                              every=1, async_save=False)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {checkpointer.directory}; train first "
+                                    f"(t5x-like train --gin.MODEL_DIR={cfg.train.model_dir})")
+        abstract_state, shardings = state_lib.state_shardings(factory, tx, partitioner)
+        target = state_lib.abstract_state_with_shardings(abstract_state, shardings)
+        state = checkpointer.restore(step, target, None, cfg.model.to_dict())
+    finally:
+        checkpointer.close()
+    return state["params"], state_lib.model_spec(factory).graphdef, step, partitioner
+
+
+def _truncate_metrics(model_dir: str, after_step: int) -> None:
+    """A run killed after its last checkpoint logged steps it will now redo: drop those rows."""
+    rows = read_metrics(model_dir)
+    kept = [r for r in rows if r["step"] <= after_step]
+    if len(kept) != len(rows):
+        with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+
+def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
+          partitioner: Partitioner | None = None) -> list[dict[str, Any]]:
+    """Train to cfg.train.train_steps (resuming from MODEL_DIR's latest checkpoint); the rows
+    written to metrics.jsonl are returned."""
+    # ---------------------------------------------------------------- setup
+    tc = cfg.train
+    factory = model_factory or default_model_factory(cfg)
+    partitioner = partitioner or default_partitioner(cfg)
+    if tc.batch_size % partitioner.data_parallel_size:
+        raise ValueError(f"TrainConfig.batch_size = {tc.batch_size} must divide by the mesh's "
+                         f"data-parallel size {partitioner.data_parallel_size} "
+                         f"({partitioner.describe()})")
+    primary = jax.process_index() == 0
+    log.info("%s; model_dir %s", partitioner.describe(), tc.model_dir)
+    tx, schedule = optim.make_optimizer(cfg.optimizer, cfg.schedule_steps)
+    checkpointer = checkpointing.Checkpointer(tc.model_dir, keep=tc.keep_checkpoints,
+                                              every=tc.checkpoint_every,
+                                              async_save=tc.async_checkpointing)
+
+    # ---------------------------------------------------------------- state: restore or init
+    state, shardings, abstract_state, start = restore_or_init(
+        cfg, factory, tx, partitioner, checkpointer, inputs.train_iter)
+    log.info("%s at step %d: %s parameters", "resumed" if start else "initialized", start,
+             f"{state_lib.count_params(state['params']):,}")
+    if start >= tc.train_steps:
+        log.info("already trained to step %d >= train_steps %d", start, tc.train_steps)
+        checkpointer.close()
+        return []
+    if primary:
+        _truncate_metrics(tc.model_dir, start)
+
+    # ---------------------------------------------------------------- compile ahead of time
+    first_batch = next(inputs.train_iter)
+    graphdef = state_lib.model_spec(factory).graphdef
+    train_step = compile_train_step(cfg, graphdef, partitioner, tx, schedule, shardings,
+                                    abstract_state, first_batch)
+    eval_step = compile_eval_step(graphdef, state["params"], partitioner,
+                                  inputs.eval_batches[0], tc.batch_size)
+
+    # ---------------------------------------------------------------- loop
+    writer = MetricsWriter(tc.model_dir, enabled=primary)
+    progress = _progress_bar(tc, start) if primary else None
+    reporter = StepReporter(cfg, writer, tc.batch_size * cfg.data.seq_len,
+                            partitioner.mesh.size, progress)
+    log.info("MFU denominator: %s", reporter.peak_source)
+    if start == 0:
+        reporter.log_eval(0, evaluate(eval_step, state["params"], inputs.eval_batches,
+                                      partitioner))
+    pending, batch = None, first_batch
+    try:
+        for step in range(start + 1, tc.train_steps + 1):
+            state, metrics = train_step(state, partitioner.global_batch(batch))
+            if pending is not None:
+                reporter(*pending)  # step N-1's metrics, read while step N runs
+            pending = (step, metrics)
+            last = step == tc.train_steps
+            eval_due = last or (tc.eval_every and step % tc.eval_every == 0)
+            if eval_due or last or step % tc.checkpoint_every == 0:
+                reporter(*pending)  # the state is known finite before anything uses it
+                pending = None
+                if eval_due:
+                    reporter.log_eval(step, evaluate(eval_step, state["params"],
+                                                     inputs.eval_batches, partitioner))
+                checkpointer.save(step, state, inputs.train_iter, cfg.model.to_dict(),
+                                  force=last)
+            if not last:
+                batch = next(inputs.train_iter)
+    finally:
+        checkpointer.close()
+        writer.close()
+        if progress is not None:
+            progress.close()
+    return reporter.rows
+
+
+def _progress_bar(tc, start: int):
+    if not (tc.progress_bar and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=tc.train_steps, initial=start, unit="step", dynamic_ncols=True)
+
