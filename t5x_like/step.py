@@ -99,7 +99,7 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
     updates, new_opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_params = optax.apply_updates(state["params"], updates)
     loss = (sums["cross_entropy"] + sums["z_loss"]) / denom
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": new_opt_state}
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -110,7 +110,7 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
         "accuracy": sums["correct"] / denom,
         "tokens": sums["weight"],
         "grad_norm": grad_norm,
-        "param_norm": optax.global_norm(state["params"]),
+        "param_norm": optax.tree.norm(state["params"]),
         "learning_rate": schedule(state["step"]),
         "finite": finite,
     }

@@ -1,11 +1,27 @@
-"""Shared test fixtures."""
+"""Shared test fixtures.
 
-import dataclasses
-import pathlib
+The whole suite runs with 8 fake CPU devices, so the multi-device paths (meshes, sharded state,
+restore onto another mesh) are exercised on every machine. XLA reads the flag when JAX first
+initializes its backend, hence before any test module imports JAX.
+"""
 
-import pytest
+import os
 
-from t5x_like.data import stdlib_corpus, tokenizer
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+
+import dataclasses  # noqa: E402
+import pathlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from t5x_like.config import ModelConfig  # noqa: E402
+from t5x_like.data import stdlib_corpus, tokenizer  # noqa: E402
+
+# A model small enough that a compile plus a few steps takes seconds on 2 cores.
+MICRO_MODEL = ModelConfig(vocab_size=128, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                          head_dim=8, mlp_dim=64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,3 +39,21 @@ def stdlib_data(tmp_path_factory) -> StdlibData:
     data_dir = tmp_path_factory.mktemp("t5x_like_data")
     paths = stdlib_corpus.build_stdlib_corpus(stdlib_corpus.stdlib_corpus_dir(data_dir))
     return StdlibData(data_dir=data_dir, paths=paths, tokenizer=tokenizer.default_tokenizer(data_dir))
+
+
+def random_packed_rows(num_rows: int, length: int, vocab: int, seed: int = 0) -> dict:
+    """Packed decoder rows of random tokens: 1-3 segments per row, a little padding at the end."""
+    rng = np.random.default_rng(seed)
+    rows = {k: np.zeros((num_rows, length), np.int32) for k in (
+        "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+        "decoder_positions", "decoder_loss_weights")}
+    for r in range(num_rows):
+        used = length - int(rng.integers(0, 4))
+        cuts = sorted(rng.choice(np.arange(1, used), size=int(rng.integers(0, 3)), replace=False))
+        for seg, (a, b) in enumerate(zip([0, *cuts], [*cuts, used]), start=1):
+            rows["decoder_segment_ids"][r, a:b] = seg
+            rows["decoder_positions"][r, a:b] = np.arange(b - a)
+        rows["decoder_input_tokens"][r, :used] = rng.integers(4, vocab, used)
+        rows["decoder_target_tokens"][r, :used] = rng.integers(4, vocab, used)
+        rows["decoder_loss_weights"][r, :used] = 1
+    return rows

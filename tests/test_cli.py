@@ -1,0 +1,59 @@
+"""The `t5x-like` command line on the real embedded corpus: train, grow a run, eval, generate."""
+
+import json
+
+import pytest
+
+from t5x_like import cli
+from t5x_like.metrics import read_metrics
+
+
+def _flags(stdlib_data, model_dir, steps):
+    return [f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={steps}",
+            "--gin.SCHEDULE_STEPS=20", "--gin.TASK_FEATURE_LENGTHS={'targets': 64}",
+            "--gin.ModelConfig.num_layers=2", "--gin.ModelConfig.d_model=64",
+            "--gin.ModelConfig.mlp_dim=128", "--gin.OptimizerConfig.warmup_steps=5",
+            "--gin.TrainConfig.log_every=1", "--gin.TrainConfig.eval_every=10",
+            f"--gin.DataConfig.data_dir={stdlib_data.data_dir}"]
+
+
+@pytest.fixture(scope="module")
+def runs(stdlib_data, tmp_path_factory):
+    """One 20-step run, and one grown from 10 to 20 steps by re-running with TRAIN_STEPS=20."""
+    single, grown = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("grown")
+    assert cli.main(["train", *_flags(stdlib_data, single, 20)]) == 0
+    assert cli.main(["train", *_flags(stdlib_data, grown, 10)]) == 0
+    assert cli.main(["train", *_flags(stdlib_data, grown, 20)]) == 0
+    return single, grown
+
+
+def test_growing_a_run_ends_with_exactly_the_single_runs_losses(runs):
+    single, grown = (read_metrics(str(d)) for d in runs)
+    losses = [{r["step"]: r["loss"] for r in rows if "loss" in r} for rows in (single, grown)]
+    assert losses[0] == losses[1] and sorted(losses[0]) == list(range(1, 21))
+    assert [r for r in single if "eval_loss" in r] == [r for r in grown if "eval_loss" in r]
+
+
+def test_metrics_rows_have_the_documented_fields(runs):
+    rows = read_metrics(str(runs[0]))
+    train_row = next(r for r in rows if "loss" in r)
+    for key in ("step", "loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu"):
+        assert key in train_row
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert evals[-1] < evals[0]
+    assert (runs[0] / "config.gin").read_text().count("ModelConfig.num_layers = 2") == 1
+
+
+def test_eval_and_generate_read_the_checkpoint(runs, capsys):
+    assert cli.main(["eval", f"--gin_file={runs[0] / 'config.gin'}"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["step"] == 20 and result["eval_loss"] > 0
+    assert cli.main(["generate", f"--model_dir={runs[0]}", "def main(", "--max_new_tokens=8",
+                     "--temperature=0.8", "--top_k=20"]) == 0
+    text = capsys.readouterr().out.strip()
+    assert text.startswith("def main(") and len(text) > len("def main(")
+
+
+def test_bad_flag_exits_2_with_the_key_named(capsys):
+    assert cli.main(["train", "--gin.TRAIN_STEPZ=3"]) == 2
+    assert "TRAIN_STEPZ" in capsys.readouterr().err

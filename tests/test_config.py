@@ -1,0 +1,46 @@
+"""Config dataclasses validate types and ranges on construction."""
+
+import dataclasses
+
+import pytest
+
+from t5x_like.config import (ConfigError, DataConfig, MeshConfig, ModelConfig, OptimizerConfig,
+                             RunConfig, TrainConfig, flops_per_token, num_params)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ModelConfig(num_heads=4, num_kv_heads=3), "ModelConfig.num_kv_heads = 3"),
+    (lambda: ModelConfig(d_model="256"), "expected <class 'int'>"),
+    (lambda: ModelConfig(remat_policy="some"), "remat_policy"),
+    (lambda: MeshConfig(ici_data=-1, ici_fsdp=-1), "at most one ici_"),
+    (lambda: OptimizerConfig(name="sgd"), "OptimizerConfig.name = 'sgd'"),
+    (lambda: TrainConfig(batch_size=8, grad_accum_steps=3), "grad_accum_steps"),
+    (lambda: DataConfig(task_feature_lengths={"inputs": 8}), "task_feature_lengths"),
+    (lambda: RunConfig(optimizer=OptimizerConfig(warmup_steps=10), train=TrainConfig(
+        train_steps=10)), "warmup_steps = 10"),
+])
+def test_invalid_values_name_the_field(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_configs_are_frozen_and_lists_become_tuples():
+    mesh = MeshConfig(logical_axis_rules=[["batch", ["data", "fsdp"]]])
+    assert mesh.logical_axis_rules == (("batch", ("data", "fsdp")),)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mesh.ici_data = 2
+
+
+def test_schedule_steps_default_to_train_steps():
+    run = RunConfig(train=TrainConfig(train_steps=77))
+    assert run.schedule_steps == 77
+    run = RunConfig(train=TrainConfig(train_steps=77),
+                    optimizer=OptimizerConfig(schedule_steps=200))
+    assert run.schedule_steps == 200
+
+
+def test_llama3_8b_shapes_count_8b_parameters():
+    cfg = ModelConfig(vocab_size=128256, d_model=4096, num_layers=32, num_heads=32,
+                      num_kv_heads=8, head_dim=128, mlp_dim=14336)
+    assert num_params(cfg) == 8_030_261_248  # Meta-Llama-3-8B
+    assert flops_per_token(cfg, 8192) > 6 * 7e9

@@ -1,0 +1,50 @@
+"""Gin composition, --gin.KEY=VALUE overrides and the errors for bad bindings."""
+
+import pytest
+
+from t5x_like import gin_loader
+from t5x_like.config import ConfigError
+
+
+def test_default_run_composes_model_and_macros():
+    cfg = gin_loader.load_run_config([gin_loader.DEFAULT_GIN_FILE])
+    assert cfg.model.d_model == 256 and cfg.train.train_steps == 300
+    assert cfg.data.mixture_or_task_name == "stdlib" and cfg.data.seq_len == 256
+
+
+def test_flags_override_macros_and_fields():
+    cfg = gin_loader.load_run_config(["runs/pretrain.gin"], {
+        "TRAIN_STEPS": "100", "MODEL_DIR": "/tmp/some run", "ModelConfig.num_layers": "2",
+        "TASK_FEATURE_LENGTHS": "{'targets': 64}"})
+    assert cfg.train.train_steps == 100 and cfg.train.model_dir == "/tmp/some run"
+    assert cfg.model.num_layers == 2 and cfg.data.seq_len == 64
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"ModelConfig.d_modle": "3"}, "Did you mean d_model"),
+    ({"ModelConfg.d_model": "3"}, "Did you mean ModelConfig"),
+    ({"TRAIN_STEP": "3"}, "no gin file reads macro %TRAIN_STEP"),
+    ({"ModelConfig.num_layers": "'four'"}, "ModelConfig.num_layers = 'four'"),
+    ({"BATCH_SIZE": "0"}, "TrainConfig.batch_size = 0: must be positive"),
+])
+def test_bad_bindings_fail_naming_the_key(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        gin_loader.load_run_config(["runs/pretrain.gin"], flags)
+
+
+def test_missing_gin_file_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="models/tiny.gin"):
+        gin_loader.load_run_config(["runs/nope.gin"])
+
+
+@pytest.mark.parametrize("name", gin_loader.available_gin_files())
+def test_every_shipped_gin_file_loads(name):
+    gin_loader.load_run_config([name])
+
+
+def test_operative_config_round_trips(tmp_path):
+    cfg = gin_loader.load_run_config(["runs/pretrain.gin"], {"ModelConfig.num_layers": "3",
+                                                             "MODEL_DIR": str(tmp_path)})
+    gin_loader.write_operative_config(str(tmp_path))
+    again = gin_loader.load_model_dir_config(str(tmp_path))
+    assert again == cfg

@@ -1,0 +1,42 @@
+"""Mesh construction and logical-to-mesh sharding rules (8 fake CPU devices)."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from t5x_like.config import DEFAULT_LOGICAL_AXIS_RULES as RULES
+from t5x_like.partitioning import Partitioner, logical_to_mesh_spec, make_mesh
+
+
+def test_minus_one_fills_the_mesh():
+    mesh = make_mesh((-1, 2, 1))
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+
+
+def test_wrong_mesh_product_is_a_clear_error():
+    with pytest.raises(ValueError, match="holds 6 devices, but 8"):
+        make_mesh((3, 2, 1))
+
+
+def test_dcn_axes_are_outermost_by_process():
+    mesh = make_mesh((1, 4, 1), dcn_shape=(2, 1, 1))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_rules_use_each_mesh_axis_once():
+    mesh = make_mesh((2, 2, 2))
+    assert logical_to_mesh_spec(("embed", "mlp"), RULES) == P("fsdp", "tensor")
+    assert logical_to_mesh_spec(("vocab", "embed"), RULES) == P("tensor", "fsdp")
+    assert logical_to_mesh_spec(("batch", "length", "embed"), RULES) == P(("data", "fsdp"),
+                                                                         None, None)
+    # A dimension the mesh axis does not divide is replicated along it instead of failing.
+    assert logical_to_mesh_spec(("embed", "mlp"), RULES, (5, 8), mesh) == P(None, "tensor")
+
+
+def test_global_batch_is_sharded_over_data_and_fsdp():
+    partitioner = Partitioner(make_mesh((2, 4, 1)), RULES)
+    batch = partitioner.global_batch({"x": np.arange(16 * 4).reshape(16, 4)})
+    assert batch["x"].sharding.spec == P(("data", "fsdp"), None)
+    assert len(batch["x"].addressable_shards) == 8 and partitioner.data_parallel_size == 8
+    np.testing.assert_array_equal(jax.device_get(batch["x"]), np.arange(64).reshape(16, 4))

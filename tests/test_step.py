@@ -1,0 +1,96 @@
+"""Step maths: loss sums, exact gradient accumulation, the non-finite guard."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import MICRO_MODEL, random_packed_rows
+from t5x_like import optim, step
+from t5x_like.config import OptimizerConfig
+from t5x_like.models.decoder import Decoder
+
+
+def test_cross_entropy_sums_match_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    targets = rng.integers(0, 5, (2, 3))
+    weights = np.array([[1, 1, 0], [1, 0, 0]])
+    sums = step.cross_entropy_sums(logits, targets, weights, z_loss=0.1)
+    log_z = np.log(np.exp(logits).sum(-1))
+    nll = log_z - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    assert float(sums["cross_entropy"]) == pytest.approx((nll * weights).sum(), rel=1e-5)
+    assert float(sums["z_loss"]) == pytest.approx(0.1 * (log_z**2 * weights).sum(), rel=1e-5)
+    assert float(sums["weight"]) == 3
+    assert float(sums["correct"]) == ((logits.argmax(-1) == targets) * weights).sum()
+
+
+def test_all_masked_rows_give_zero_loss_not_nan():
+    sums = step.cross_entropy_sums(np.zeros((1, 4, 7)), np.zeros((1, 4), int), np.zeros((1, 4)),
+                                   z_loss=1e-4)
+    assert all(float(v) == 0.0 for v in sums.values())
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = Decoder(MICRO_MODEL, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    tx, schedule = optim.make_optimizer(OptimizerConfig(warmup_steps=1), 10)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    batch = {k: jnp.asarray(v) for k, v in random_packed_rows(8, 16, MICRO_MODEL.vocab_size)
+             .items()}
+    # Uneven loss weights across micro-batches: normalizing per micro-batch would be wrong.
+    batch["decoder_loss_weights"] = batch["decoder_loss_weights"].at[:4, 8:].set(0)
+    fn = functools.partial(step.train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+                           z_loss=1e-4)
+    return state, batch, fn
+
+
+def test_gradient_accumulation_equals_full_batch(setup):
+    state, batch, fn = setup
+    _, full = jax.jit(fn)(state, batch)
+    _, acc = jax.jit(functools.partial(fn, grad_accum_steps=4))(state, batch)
+    for key in ("loss", "grad_norm", "tokens", "accuracy"):
+        assert float(acc[key]) == pytest.approx(float(full[key]), rel=1e-5), key
+    graphdef = fn.keywords["graphdef"]
+    grads = {n: jax.jit(lambda p, b, n=n: step.accumulated_grads(
+        p, graphdef, b, z_loss=1e-4, grad_accum_steps=n)[0])(state["params"], batch)
+        for n in (1, 4)}
+    # float32 summation order differs between the two; a normalization bug (per micro-batch
+    # means) would be off by tens of percent, so compare against each tensor's scale.
+    for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[4])):
+        assert float(jnp.abs(a - b).max()) <= 1e-4 * float(jnp.abs(a).max())
+
+
+def test_non_finite_loss_leaves_state_untouched(setup):
+    state, batch, fn = setup
+    poisoned = jax.tree.map(lambda x: x, state)
+    poisoned["params"]["final_norm"]["scale"] = state["params"]["final_norm"]["scale"].at[0].set(
+        jnp.nan)
+    new_state, metrics = jax.jit(fn)(poisoned, batch)
+    assert not bool(metrics["finite"])
+    assert int(new_state["step"]) == 0
+    for a, b in zip(jax.tree.leaves(new_state["opt_state"]), jax.tree.leaves(state["opt_state"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_step_reduces_loss_on_a_repeated_batch(setup):
+    state, batch, fn = setup
+    jitted = jax.jit(fn)
+    losses = []
+    for _ in range(5):
+        state, metrics = jitted(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0]
+    assert int(state["step"]) == 5
+
+
+def test_eval_metrics_perplexity_is_exp_loss():
+    out = step.eval_metrics({"cross_entropy": 20.0, "correct": 5.0, "weight": 10.0,
+                             "z_loss": 0.0})
+    assert out["eval_loss"] == 2.0 and out["eval_accuracy"] == 0.5
+    assert out["eval_perplexity"] == pytest.approx(np.exp(2.0), rel=1e-6)
