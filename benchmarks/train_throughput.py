@@ -1,0 +1,313 @@
+"""Train-step throughput and MFU: t5x_like vs Hugging Face transformers' PyTorch Llama.
+
+    python benchmarks/train_throughput.py [--configs tiny,llama_100m] [--batch_size 8]
+        [--seq_len 256] [--steps N] [--warmup 2] [--rounds 3] [--json PATH]
+
+Methodology
+-----------
+* Shapes come from the shipped gin files (`configs/models/<name>.gin`, via the gin loader). The
+  t5x_like side builds its train step exactly as `t5x_like.trainer.train` does (partitioner,
+  optimizer with clipping, sharded init, AOT `compile_train_step`, donated state), so the number
+  measured is the trainer's step: forward, backward, clip-by-global-norm, AdamW, plus its
+  bookkeeping (z-loss, accuracy, norms, the non-finite guard).
+* The reference is `transformers.LlamaForCausalLM` (float32, `attn_implementation="sdpa"`) with
+  the same vocabulary, widths, heads, GQA, RoPE theta, norm epsilon and embedding tying; the
+  parameter counts are asserted equal. Its step is forward, token cross-entropy on the logits,
+  backward, `clip_grad_norm_(1.0)` and `torch.optim.AdamW` (fused CPU kernel when available) with
+  the same lr/betas/eps, weight decay on matrices only (as t5x_like masks norm scales).
+* Both get the same seeded random tokens ([B, L+1] -> inputs/targets shifted by one, one
+  segment per row, every token weighted), and all cores (`torch.set_num_threads(os.cpu_count())`;
+  XLA uses its default thread pool).
+* Timing: each implementation is built, compiled and run for `--warmup` untimed steps, then one
+  block of `--steps` steps is timed. Blocks alternate between the implementations for
+  `--rounds` rounds, so a change in machine load hits both alike, and every block runs in a
+  fresh process, so XLA's and torch's thread pools never compete (torch's OpenMP workers spin
+  after each op). XLA steps are dispatched back to back (as the trainer's loop does) and
+  blocked on once; PyTorch on CPU is synchronous. tokens/s per block = steps x B x L / block
+  wall time; each side reports its median block, and the min-max.
+* MFU = tokens/s x `t5x_like.config.flops_per_token` (6 x matmul params + attention, PaLM
+  convention, same number for both) / peak. The peak is measured in the same run: the best
+  float32 square-matmul FLOP/s of XLA (`metrics.measure_matmul_peak`) and of `torch.mm`, at
+  2048 and 4096; the larger of the two is the single denominator for every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from t5x_like import optim, state as state_lib, trainer
+from t5x_like.config import RunConfig, flops_per_token
+from t5x_like.gin_loader import load_run_config
+from t5x_like.metrics import measure_matmul_peak
+
+DEFAULT_STEPS = {"tiny": 15, "llama_100m": 3}
+PEAK_SIZES = (2048, 4096)
+
+
+# ------------------------------------------------------------------------------ shared inputs
+
+def run_config(name: str, batch_size: int, seq_len: int) -> RunConfig:
+    """The shipped `configs/models/<name>.gin` with the benchmark's batch and length."""
+    cfg = load_run_config([f"models/{name}.gin"])
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size),
+        data=dataclasses.replace(cfg.data, task_feature_lengths={"targets": seq_len}))
+
+
+def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """A seeded batch of random tokens in t5x_like's feature layout (one segment per row)."""
+    tokens = np.random.default_rng(seed).integers(0, vocab_size, (batch_size, seq_len + 1))
+    tokens = tokens.astype(np.int32)
+    ones = np.ones((batch_size, seq_len), np.int32)
+    return {
+        "decoder_input_tokens": tokens[:, :-1].copy(),
+        "decoder_target_tokens": tokens[:, 1:].copy(),
+        "decoder_segment_ids": ones,
+        "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
+                                             (batch_size, seq_len)).copy(),
+        "decoder_loss_weights": ones.copy(),
+    }
+
+
+def measure_peaks() -> dict[str, float]:
+    """Best float32 square-matmul FLOP/s of XLA and of torch.mm on this machine."""
+    import torch
+    xla = max(measure_matmul_peak(size) for size in PEAK_SIZES)
+    best_torch = 0.0
+    for size in PEAK_SIZES:
+        a = torch.ones(size, size)
+        torch.mm(a, a)  # warm-up
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(a, a)
+            best_torch = max(best_torch, 2 * size**3 / (time.perf_counter() - start))
+    return {"xla": xla, "torch": best_torch}
+
+
+# ------------------------------------------------------------------------------ t5x_like
+
+def t5x_like_runner(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[Callable, dict]:
+    """Build and AOT-compile the trainer's train step; return (run_block(steps) -> seconds, info).
+
+    A block dispatches its steps back to back (as the trainer's loop does) and blocks once.
+    """
+    partitioner = trainer.default_partitioner(cfg)
+    tx, schedule = optim.make_optimizer(cfg.optimizer, cfg.schedule_steps)
+    factory = trainer.default_model_factory(cfg)
+    holder = {}
+    holder["state"], shardings = state_lib.init_state(factory, tx, partitioner, cfg.train.seed)
+    abstract_state, _ = state_lib.state_shardings(factory, tx, partitioner)
+    graphdef = state_lib.model_spec(factory).graphdef
+    start = time.perf_counter()
+    train_step = trainer.compile_train_step(cfg, graphdef, partitioner, tx, schedule, shardings,
+                                            abstract_state, batch)
+    info = {"params": state_lib.count_params(holder["state"]["params"]),
+            "compile_seconds": time.perf_counter() - start}
+    global_batch = partitioner.global_batch(batch)
+
+    def run_block(steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            holder["state"], metrics = train_step(holder["state"], global_batch)
+        jax.block_until_ready((holder["state"], metrics))
+        info["final_loss"] = float(metrics["loss"])
+        return time.perf_counter() - start
+
+    return run_block, info
+
+
+# ------------------------------------------------------------------------------ PyTorch / HF
+
+def hf_model(cfg: RunConfig):
+    """`LlamaForCausalLM` with t5x_like's shapes, float32, SDPA attention."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    m = cfg.model
+    hf_cfg = LlamaConfig(
+        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=m.mlp_dim,
+        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_kv_heads, head_dim=m.head_dim, rope_theta=m.rope_theta,
+        rms_norm_eps=m.norm_eps, tie_word_embeddings=m.tie_embeddings,
+        max_position_embeddings=max(cfg.data.seq_len, 2048), attention_bias=False,
+        mlp_bias=False, hidden_act="silu", use_cache=False)
+    torch.manual_seed(cfg.train.seed)
+    model = LlamaForCausalLM._from_config(hf_cfg, attn_implementation="sdpa",
+                                          dtype=torch.float32)
+    return model.train()
+
+
+def hf_optimizer(model, cfg: RunConfig):
+    """AdamW with t5x_like's hyper-parameters; decay only on matrices (norm scales excluded)."""
+    import torch
+    o = cfg.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": o.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    kwargs = dict(lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs), "fused"
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, foreach=True, **kwargs), "foreach"
+
+
+def hf_runner(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[Callable, dict]:
+    """The reference's forward + cross-entropy + backward + clipping + AdamW, as a block runner."""
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(os.cpu_count())
+    model = hf_model(cfg)
+    optimizer, kind = hf_optimizer(model, cfg)
+    info = {"params": sum(p.numel() for p in model.parameters()),
+            "optimizer": f"torch.optim.AdamW({kind})"}
+    inputs = torch.from_numpy(batch["decoder_input_tokens"]).long()
+    targets = torch.from_numpy(batch["decoder_target_tokens"]).long()
+    clip = cfg.optimizer.grad_clip_norm
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(input_ids=inputs).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        return loss.item()
+
+    def run_block(steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            info["final_loss"] = step()
+        return time.perf_counter() - start
+
+    return run_block, info
+
+
+# ------------------------------------------------------------------------------ report
+
+def make_row(impl: str, name: str, cfg: RunConfig, info: dict[str, Any], block_seconds: list,
+             steps: int, peak: float) -> dict[str, Any]:
+    """One table/JSON row: median-over-rounds throughput and MFU."""
+    tokens = steps * cfg.train.batch_size * cfg.data.seq_len
+    seconds = statistics.median(block_seconds)
+    tps = tokens / seconds
+    fpt = flops_per_token(cfg.model, cfg.data.seq_len)
+    return {"implementation": impl, "config": name, "params": info["params"],
+            "batch_size": cfg.train.batch_size, "seq_len": cfg.data.seq_len, "steps": steps,
+            "rounds": len(block_seconds), "tokens_per_second": tps, "mfu": tps * fpt / peak,
+            "flops_per_token": fpt, "peak_flops": peak, "step_seconds": seconds / steps,
+            "block_tokens_per_second": [tokens / s for s in block_seconds],
+            **{k: v for k, v in info.items() if k != "params"}}
+
+
+def time_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
+    """Build one implementation, warm it up and time one block of steps (worker process)."""
+    cfg = run_config(name, args.batch_size, args.seq_len)
+    batch = random_batch(cfg.model.vocab_size, args.batch_size, args.seq_len, args.seed)
+    run_block, info = (t5x_like_runner if impl == "t5x_like" else hf_runner)(cfg, batch)
+    run_block(args.warmup)
+    return run_block(args.steps or DEFAULT_STEPS.get(name, 5)), info
+
+
+def _worker_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
+    """`time_block` in a fresh process: XLA's and torch's thread pools never share a process
+    (torch's OpenMP workers spin after each op and would steal cores from XLA)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", impl, "--configs", name,
+           "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
+           "--steps", str(args.steps or DEFAULT_STEPS.get(name, 5)),
+           "--warmup", str(args.warmup), "--seed", str(args.seed)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return result["seconds"], result["info"]
+
+
+def benchmark_config(name: str, args, peak: float) -> list[dict[str, Any]]:
+    """Both implementations on one config: rounds alternate between them (so drifting machine
+    load hits both), each block in its own process; each side reports its median block."""
+    cfg = run_config(name, args.batch_size, args.seq_len)
+    steps = args.steps or DEFAULT_STEPS.get(name, 5)
+    times, infos = {"t5x_like": [], "hf_pytorch": []}, {}
+    for _ in range(args.rounds):
+        for impl in times:
+            seconds, infos[impl] = _worker_block(impl, name, args)
+            times[impl].append(seconds)
+    assert infos["t5x_like"]["params"] == infos["hf_pytorch"]["params"], (name, infos)
+    return [make_row(impl, name, cfg, infos[impl], times[impl], steps, peak) for impl in times]
+
+
+def print_table(rows: list[dict[str, Any]], peaks: dict[str, float]) -> None:
+    """A markdown table, plus the t5x_like / hf_pytorch tokens/s ratio per config."""
+    print(f"\nmatmul peak (float32): XLA {peaks['xla'] / 1e9:.1f} GFLOP/s, torch "
+          f"{peaks['torch'] / 1e9:.1f} GFLOP/s; MFU denominator = max\n")
+    tps = {(r["implementation"], r["config"]): r["tokens_per_second"] for r in rows}
+    print("| implementation | config | params | batch x seq | steps x rounds | s/step "
+          "| tokens/s (median) | tokens/s (min-max) | MFU | ratio t5x_like/hf |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratio = tps[("t5x_like", r["config"])] / tps[("hf_pytorch", r["config"])]
+        spread = r["block_tokens_per_second"]
+        print(f"| {r['implementation']} | {r['config']} | {r['params'] / 1e6:.2f}M | "
+              f"{r['batch_size']}x{r['seq_len']} | {r['steps']}x{r['rounds']} | "
+              f"{r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
+              f"{min(spread):,.0f}-{max(spread):,.0f} | {100 * r['mfu']:.1f}% | {ratio:.2f} |")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", default="tiny,llama_100m",
+                   help="comma-separated configs/models/*.gin names")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seq_len", type=int, default=256)
+    p.add_argument("--steps", type=int, default=0,
+                   help=f"timed steps; 0 = per-config default {DEFAULT_STEPS}")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed blocks per implementation, alternating between them")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random token batch")
+    p.add_argument("--json", default="", help="write the rows as a JSON list here")
+    p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict[str, Any]]:
+    """Measure the peaks, benchmark every config, print the table and optionally write JSON."""
+    args = parse_args(argv)
+    if args._worker:
+        seconds, info = time_block(args._worker, args.configs, args)
+        print(json.dumps({"seconds": seconds, "info": info}))
+        return []
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
+    peaks = measure_peaks()
+    peak = max(peaks.values())
+    rows = []
+    for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        rows += benchmark_config(name, args, peak)
+        for r in rows[-2:]:
+            print(f"{r['implementation']:>10} {name}: {r['tokens_per_second']:,.0f} tokens/s, "
+                  f"{r['step_seconds']:.3f} s/step, loss {r['final_loss']:.3f}", flush=True)
+    print_table(rows, peaks)
+    # Anything else running on the machine skews both sides; the 1-min load average shows it.
+    load = (load_before, os.getloadavg()[0])
+    print(f"\ntotal benchmark time {time.perf_counter() - start:.0f} s; 1-min load average "
+          f"{load[0]:.2f} before, {load[1]:.2f} after, on {os.cpu_count()} CPUs")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{**r, "peak_flops_xla": peaks["xla"], "peak_flops_torch": peaks["torch"],
+                        "load_average": load} for r in rows], f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
