@@ -71,7 +71,8 @@ def _load_texts(texts, jsonl_paths, text_field: str, max_documents: int | None) 
     return texts[:max_documents] if max_documents is not None else texts
 
 
-def _tokenize_and_pack(texts: list[str], tok: tokenizer_lib.Tokenizer, length: int, seed: int | None):
+def _tokenize_and_pack(texts: list[str], tok: tokenizer_lib.Tokenizer, length: int, seed: int | None,
+                       source: str):
     """Tokenize, build decoder-only pieces, pack; return rows and summary stats."""
     pieces: list[dict[str, np.ndarray]] = []
     num_tokens = num_split = 0
@@ -82,7 +83,10 @@ def _tokenize_and_pack(texts: list[str], tok: tokenizer_lib.Tokenizer, length: i
             num_split += len(doc_pieces) > 1
             pieces.extend(doc_pieces)
     if not pieces:
-        raise ValueError(f"no tokens to pack from {len(texts)} documents")
+        raise ValueError(
+            f"no usable document in {source}: {len(texts)} documents yielded no tokens (skipped "
+            "records are logged with file:line and reason)"
+        )
     packed = packing.pack_pieces(pieces, length, seed=seed)
     rows = {
         "decoder_input_tokens": packed["decoder_input_tokens"],
@@ -134,7 +138,8 @@ def prepare_packed_rows(
             return rows
     start = time.perf_counter()
     docs = _load_texts(texts, jsonl_paths, text_field, max_documents)
-    rows, summary = _tokenize_and_pack(docs, tokenizer, length, seed)
+    source = [str(p) for p in jsonl_paths] if jsonl_paths is not None else "the given texts"
+    rows, summary = _tokenize_and_pack(docs, tokenizer, length, seed, source)
     logger.info("Packed rows in %.1fs: %s", time.perf_counter() - start, summary)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
