@@ -5,6 +5,7 @@ Only process 0 writes; every process may call the writer.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,8 +25,12 @@ _PEAK_FLOPS = {
 }
 
 
-def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-    """Best FLOP/s of a square matmul on the default device (the MFU denominator on CPUs)."""
+def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
+    """Best FLOP/s of a square matmul on the default device (the MFU denominator on CPUs).
+
+    Best of many: a transient stall (another thread, the hypervisor) only ever lowers a
+    reading, and a low peak would inflate every MFU figure computed from it.
+    """
     a = jnp.ones((size, size), dtype)
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
@@ -37,6 +42,7 @@ def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -
     return 2 * size**3 / best
 
 
+@functools.lru_cache(maxsize=None)
 def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
     """(peak FLOP/s of one device, where the number comes from)."""
     kind = jax.devices()[0].device_kind
