@@ -106,3 +106,11 @@ def test_nan_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path):
     assert saved and max(saved) < bad_step
     params, _, _, _ = trainer.load_trained(cfg, partitioner=_partitioner((1, 1, 1)))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_adafactor_trains_on_a_sharded_mesh(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg = dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, name="adafactor",
+                                                                 learning_rate=1e-2))
+    losses = _losses(trainer.train(cfg, _inputs(), partitioner=_partitioner((2, 2, 2))))
+    assert losses[6] < losses[1]
