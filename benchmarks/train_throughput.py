@@ -107,12 +107,10 @@ def t5x_like_runner(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[Calla
     tx, schedule = optim.make_optimizer(cfg.optimizer, cfg.schedule_steps)
     factory = trainer.default_model_factory(cfg)
     holder = {}
-    holder["state"], shardings = state_lib.init_state(factory, tx, partitioner, cfg.train.seed)
-    abstract_state, _ = state_lib.state_shardings(factory, tx, partitioner)
-    graphdef = state_lib.model_spec(factory).graphdef
+    layout = state_lib.state_layout(factory, tx, partitioner)
+    holder["state"] = state_lib.init_state(factory, tx, layout, partitioner, cfg.train.seed)
     start = time.perf_counter()
-    train_step = trainer.compile_train_step(cfg, graphdef, partitioner, tx, schedule, shardings,
-                                            abstract_state, batch)
+    train_step = trainer.compile_train_step(cfg, layout, partitioner, tx, schedule, batch)
     info = {"params": state_lib.count_params(holder["state"]["params"]),
             "compile_seconds": time.perf_counter() - start}
     global_batch = partitioner.global_batch(batch)

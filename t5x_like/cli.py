@@ -84,11 +84,11 @@ def cmd_eval(args, flags) -> int:
     """Print eval metrics of MODEL_DIR's latest checkpoint as JSON."""
     from t5x_like import inputs, trainer
     cfg = _load(args, flags)
-    _, run_inputs = inputs.build_inputs(cfg)
+    batches = inputs.build_eval_batches(cfg)
     params, graphdef, step, partitioner = trainer.load_trained(cfg)
-    eval_step = trainer.compile_eval_step(graphdef, params, partitioner,
-                                          run_inputs.eval_batches[0], cfg.train.batch_size)
-    metrics = trainer.evaluate(eval_step, params, run_inputs.eval_batches, partitioner)
+    eval_step = trainer.compile_eval_step(graphdef, params, partitioner, batches[0],
+                                          cfg.train.batch_size)
+    metrics = trainer.evaluate(eval_step, params, batches, partitioner)
     print(json.dumps({"step": step, **metrics}))
     return 0
 

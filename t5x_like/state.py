@@ -49,9 +49,26 @@ def _init_fn(factory: ModelFactory, tx: optax.GradientTransformation):
     return init
 
 
-def state_shardings(factory: ModelFactory, tx: optax.GradientTransformation,
-                    partitioner: Partitioner) -> tuple[Any, Any]:
-    """(abstract state, its shardings): parameters by their logical names, moments alike."""
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Everything about a train state but its values, derived once per run from shapes alone."""
+
+    graphdef: nnx.GraphDef
+    abstract_state: Any  # {'step', 'params', 'opt_state'} of ShapeDtypeStruct
+    shardings: Any  # the same tree of NamedSharding
+
+    @property
+    def restore_target(self) -> Any:
+        """ShapeDtypeStructs carrying the target shardings: the orbax restore target, which is
+        how a checkpoint lands on a different mesh."""
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            self.abstract_state, self.shardings)
+
+
+def state_layout(factory: ModelFactory, tx: optax.GradientTransformation,
+                 partitioner: Partitioner) -> StateLayout:
+    """Shapes and shardings of the train state: parameters by their logical axis names,
+    optimizer moments like their parameters."""
     spec = model_spec(factory)
     abstract_state = jax.eval_shape(_init_fn(factory, tx), jax.ShapeDtypeStruct((), jnp.uint32))
     param_shardings = partitioner.shardings(spec.abstract_params, spec.logical_names)
@@ -61,24 +78,16 @@ def state_shardings(factory: ModelFactory, tx: optax.GradientTransformation,
         "opt_state": partitioner.matching_shardings(abstract_state["opt_state"],
                                                     spec.abstract_params, param_shardings),
     }
-    return abstract_state, shardings
+    return StateLayout(spec.graphdef, abstract_state, shardings)
 
 
-def abstract_state_with_shardings(abstract_state: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs carrying the target shardings: the orbax restore target."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        abstract_state, shardings)
-
-
-def init_state(factory: ModelFactory, tx: optax.GradientTransformation,
-               partitioner: Partitioner, seed: int) -> tuple[dict[str, Any], Any]:
+def init_state(factory: ModelFactory, tx: optax.GradientTransformation, layout: StateLayout,
+               partitioner: Partitioner, seed: int) -> dict[str, Any]:
     """A freshly initialized train state, created directly in its sharded layout."""
-    _, shardings = state_shardings(factory, tx, partitioner)
-    init = jax.jit(_init_fn(factory, tx), out_shardings=shardings)
+    init = jax.jit(_init_fn(factory, tx), out_shardings=layout.shardings)
     with partitioner.activation_context():
         # The seed is a raw uint32 so that it is identical on every host.
-        state = init(jnp.uint32(seed))
-    return state, shardings
+        return init(jnp.uint32(seed))
 
 
 def count_params(params: Any) -> int:

@@ -49,20 +49,19 @@ def _global_shapes(example_batch: dict[str, np.ndarray], batch_size: int, shardi
             for k, v in example_batch.items()}
 
 
-def compile_train_step(cfg: RunConfig, graphdef: nnx.GraphDef, partitioner: Partitioner, tx,
-                       schedule, shardings: Any, abstract_state: Any,
-                       example_batch: dict[str, np.ndarray]):
+def compile_train_step(cfg: RunConfig, layout: state_lib.StateLayout, partitioner: Partitioner,
+                       tx, schedule, example_batch: dict[str, np.ndarray]):
     """AOT-compile the train step (state donated) and log its memory before step 1."""
-    train_fn = functools.partial(step_lib.train_step, graphdef=graphdef, tx=tx,
+    shardings = layout.shardings
+    train_fn = functools.partial(step_lib.train_step, graphdef=layout.graphdef, tx=tx,
                                  schedule=schedule, z_loss=cfg.train.z_loss,
                                  grad_accum_steps=cfg.train.grad_accum_steps)
     batch_sharding = partitioner.batch_sharding
-    abstract = state_lib.abstract_state_with_shardings(abstract_state, shardings)
     batch = _global_shapes(example_batch, cfg.train.batch_size, batch_sharding)
     with partitioner.activation_context():
         compiled = jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
                            out_shardings=(shardings, partitioner.replicated()),
-                           donate_argnums=0).lower(abstract, batch).compile()
+                           donate_argnums=0).lower(layout.restore_target, batch).compile()
     _log_memory(compiled)
     return compiled
 
@@ -146,16 +145,14 @@ class StepReporter:
         self._last_time, self._steps_since = time.perf_counter(), 0
 
 
-def restore_or_init(cfg: RunConfig, factory, tx, partitioner, checkpointer, data_iter):
-    """(state, shardings, abstract_state, start_step): the latest checkpoint if any."""
-    abstract_state, shardings = state_lib.state_shardings(factory, tx, partitioner)
+def restore_or_init(cfg: RunConfig, factory, tx, layout: state_lib.StateLayout, partitioner,
+                    checkpointer, data_iter) -> tuple[Any, int]:
+    """(state, start_step): MODEL_DIR's latest checkpoint if any, else a fresh sharded init."""
     latest = checkpointer.latest_step()
     if latest is None:
-        state, _ = state_lib.init_state(factory, tx, partitioner, cfg.train.seed)
-        return state, shardings, abstract_state, 0
-    target = state_lib.abstract_state_with_shardings(abstract_state, shardings)
-    state = checkpointer.restore(latest, target, data_iter, cfg.model.to_dict())
-    return state, shardings, abstract_state, int(latest)
+        return state_lib.init_state(factory, tx, layout, partitioner, cfg.train.seed), 0
+    state = checkpointer.restore(latest, layout.restore_target, data_iter, cfg.model.to_dict())
+    return state, int(latest)
 
 
 def load_trained(cfg: RunConfig, *, model_factory=None, partitioner: Partitioner | None = None,
@@ -171,12 +168,11 @@ def load_trained(cfg: RunConfig, *, model_factory=None, partitioner: Partitioner
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {checkpointer.directory}; train first "
                                     f"(t5x-like train --gin.MODEL_DIR={cfg.train.model_dir})")
-        abstract_state, shardings = state_lib.state_shardings(factory, tx, partitioner)
-        target = state_lib.abstract_state_with_shardings(abstract_state, shardings)
-        state = checkpointer.restore(step, target, None, cfg.model.to_dict())
+        layout = state_lib.state_layout(factory, tx, partitioner)
+        state = checkpointer.restore(step, layout.restore_target, None, cfg.model.to_dict())
     finally:
         checkpointer.close()
-    return state["params"], state_lib.model_spec(factory).graphdef, step, partitioner
+    return state["params"], layout.graphdef, step, partitioner
 
 
 def _truncate_metrics(model_dir: str, after_step: int) -> None:
@@ -208,8 +204,9 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
                                               async_save=tc.async_checkpointing)
 
     # ---------------------------------------------------------------- state: restore or init
-    state, shardings, abstract_state, start = restore_or_init(
-        cfg, factory, tx, partitioner, checkpointer, inputs.train_iter)
+    layout = state_lib.state_layout(factory, tx, partitioner)
+    state, start = restore_or_init(cfg, factory, tx, layout, partitioner, checkpointer,
+                                   inputs.train_iter)
     log.info("%s at step %d: %s parameters", "resumed" if start else "initialized", start,
              f"{state_lib.count_params(state['params']):,}")
     if start >= tc.train_steps:
@@ -221,10 +218,8 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
 
     # ---------------------------------------------------------------- compile ahead of time
     first_batch = next(inputs.train_iter)
-    graphdef = state_lib.model_spec(factory).graphdef
-    train_step = compile_train_step(cfg, graphdef, partitioner, tx, schedule, shardings,
-                                    abstract_state, first_batch)
-    eval_step = compile_eval_step(graphdef, state["params"], partitioner,
+    train_step = compile_train_step(cfg, layout, partitioner, tx, schedule, first_batch)
+    eval_step = compile_eval_step(layout.graphdef, state["params"], partitioner,
                                   inputs.eval_batches[0], tc.batch_size)
 
     # ---------------------------------------------------------------- loop

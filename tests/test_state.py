@@ -20,8 +20,8 @@ def test_llama3_8b_state_is_fully_sharded_by_fsdp_on_8_devices():
     cfg = load_run_config(["models/llama3_8b.gin"])
     partitioner = Partitioner(make_mesh((1, 8, 1)), cfg.mesh.logical_axis_rules)
     tx, _ = optim.make_optimizer(cfg.optimizer, 1000)
-    abstract, shardings = state_lib.state_shardings(trainer.default_model_factory(cfg), tx,
-                                                    partitioner)
+    layout = state_lib.state_layout(trainer.default_model_factory(cfg), tx, partitioner)
+    abstract, shardings = layout.abstract_state, layout.shardings
     assert state_lib.count_params(abstract["params"]) == 8_030_261_248
     total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
     per_device = _bytes_per_device(abstract, shardings)
