@@ -93,7 +93,7 @@ def _log_memory(compiled) -> None:
 
 def evaluate(eval_step, params, batches, partitioner: Partitioner) -> dict[str, float]:
     """Loss, perplexity and token accuracy over the fixed eval batches."""
-    total = {"cross_entropy": 0.0, "correct": 0.0, "weight": 0.0, "z_loss": 0.0}
+    total = {"cross_entropy": 0.0, "correct": 0.0, "weight": 0.0}
     for batch in batches:
         sums = jax.device_get(eval_step(params, partitioner.global_batch(batch)))
         total = {k: total[k] + float(sums[k]) for k in total}
@@ -113,7 +113,7 @@ class StepReporter:
         self._last_time, self._steps_since = time.perf_counter(), 0
         self.rows: list[dict[str, Any]] = []
 
-    def __call__(self, step: int, metrics: dict[str, jax.Array], extra=None) -> None:
+    def __call__(self, step: int, metrics: dict[str, jax.Array]) -> None:
         host = jax.device_get(metrics)  # blocks on this step only; the next one is queued
         if not bool(host.pop("finite")):
             raise NonFiniteLossError(
@@ -125,13 +125,13 @@ class StepReporter:
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(loss=f"{float(host['loss']):.3f}")
-        if step % self.cfg.train.log_every and step != self.cfg.train.train_steps and not extra:
+        if step % self.cfg.train.log_every and step != self.cfg.train.train_steps:
             return
         now = time.perf_counter()
         tokens_per_second = self._steps_since * self.tokens_per_step / (now - self._last_time)
         self._last_time, self._steps_since = now, 0
         host.update(tokens_per_second=tokens_per_second,
-                    mfu=tokens_per_second * self.flops_per_token / self.peak_total, **(extra or {}))
+                    mfu=tokens_per_second * self.flops_per_token / self.peak_total)
         row = self.writer.write(step, host)
         self.rows.append(row)
         log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in row.items()

@@ -90,7 +90,6 @@ def test_train_step_reduces_loss_on_a_repeated_batch(setup):
 
 
 def test_eval_metrics_perplexity_is_exp_loss():
-    out = step.eval_metrics({"cross_entropy": 20.0, "correct": 5.0, "weight": 10.0,
-                             "z_loss": 0.0})
+    out = step.eval_metrics({"cross_entropy": 20.0, "correct": 5.0, "weight": 10.0})
     assert out["eval_loss"] == 2.0 and out["eval_accuracy"] == 0.5
     assert out["eval_perplexity"] == pytest.approx(np.exp(2.0), rel=1e-6)
