@@ -3,6 +3,8 @@
 import gzip
 import logging
 
+import pytest
+
 from t5x_like.data import jsonl
 
 BAD_FILE_LINES = [
@@ -71,3 +73,36 @@ def test_stats_accumulate_across_files(tmp_path):
     for p in (a, b):
         list(jsonl.read_jsonl(p, stats=stats))
     assert (stats.read, stats.yielded, stats.total_skipped) == (3, 2, 1)
+
+
+def test_zstd_whitespace_null_and_surrogates(tmp_path):
+    import zstandard
+
+    lines = [b'{"text": "ok"}', b'{"text": " \\t\\n"}', b'{"text": null}', b'{"text": "a\\uD83D"}',
+             b'{"text": "pair \\ud83d\\ude00"}']  # an escaped surrogate *pair* is valid
+    path = tmp_path / "x.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"\n".join(lines) + b"\n"))
+    stats = jsonl.ReadStats()
+    assert [r["text"] for r in jsonl.read_jsonl(path, stats=stats)] == ["ok", "pair \U0001f600"]
+    assert dict(stats.skipped) == {"empty_text": 1, "null_text": 1, "invalid_unicode": 1}
+
+
+def test_byte_ranges_keep_absolute_line_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(jsonl, "_COUNT_CHUNK", 7)  # newline counting across many small chunks
+    lines = [f'{{"text": "line {i}"}}'.encode() for i in range(1, 21)]
+    path = _write(tmp_path / "r.jsonl", lines)
+    data = path.read_bytes()
+    cut = data.index(b'{"text": "line 8"}') + 3  # inside line 8: it belongs to the first range
+    first = list(jsonl.iter_jsonl(path, start=0, stop=cut))
+    second = list(jsonl.iter_jsonl(path, start=cut))
+    assert [n for n, _ in first] == list(range(1, 9))
+    assert [n for n, _ in second] == list(range(9, 21))
+    assert [r["text"] for _, r in first + second] == [f"line {i}" for i in range(1, 21)]
+
+
+def test_byte_ranges_need_an_uncompressed_file(tmp_path):
+    path = tmp_path / "c.jsonl.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b'{"text": "a"}\n')
+    with pytest.raises(ValueError, match="need an uncompressed file"):
+        list(jsonl.iter_jsonl(path, start=5))
