@@ -1,23 +1,332 @@
-"""Sequence packing: many short examples per fixed-length row, no cross-talk.
+"""Sequence packing: many documents per fixed-length row, no cross-talk, few truncations.
 
-Packing several documents into each ``[length]`` row avoids spending compute
-on padding. ``segment_ids`` (1, 2, ... per row, 0 = padding) let attention
-masks keep packed documents apart, and ``positions`` restart at 0 in every
-segment so position embeddings see each document from its start.
+Packing several documents into each ``[length]`` row avoids spending compute on padding.
+``segment_ids`` (1, 2, ... per row, 0 = padding) let attention masks keep packed documents
+apart, and ``positions`` restart at 0 in every segment.
 
-This is a straightforward best-fit-decreasing packer. The interface
-(:func:`pack_pieces`) is what a faster segment-tree packer will keep.
+The packer is Optimized Best-Fit-Decreasing (Ding et al., "Fewer Truncations Improve Language
+Modeling", 2024; see shared/specs/packing.md): documents longer than ``length`` are cut into
+pieces of at most ``length`` (the only cut the context forces), pieces are sorted longest first
+by counting sort, and each goes into the open row with the least room that still fits it, found
+in O(log length) with a segment tree over free capacities (:mod:`.packing_kernels`).
+
+:func:`plan_packing` returns a :class:`PackPlan`: which token ranges of which documents go into
+which row, small enough to store next to the data. Rows are then assembled from it on demand.
 """
 
 from __future__ import annotations
 
-import bisect
+import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
 
+from t5x_like.data import packing_kernels as _k
+
 # Keys that pack_pieces adds itself and which pieces must therefore not use.
 RESERVED_KEYS = ("segment_ids", "positions")
+PACKERS = ("best_fit", "first_fit", "concat")
+
+
+def _check_length(length, name: str = "length") -> int:
+    if int(length) != length or length < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {length!r}")
+    return int(length)
+
+
+def _as_int_array(values, what: str) -> np.ndarray:
+    """``values`` as a 1-D int64 array; ``what`` names it in errors."""
+    arr = np.asarray(values)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} must be a 1-D array of integers, got dtype {arr.dtype} and shape {arr.shape}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_piece_lengths(lengths_P: np.ndarray, length: int, lo: int = 1, what: str = "piece") -> None:
+    bad_P = (lengths_P < lo) | (lengths_P > length)
+    if bad_P.any():
+        i = int(np.argmax(bad_P))
+        raise ValueError(f"{what} {i} has length {lengths_P[i]}, outside {lo}..{length}; "
+                         "cut long documents with split_lengths() first")
+
+
+def split_lengths(doc_lengths_D, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut documents into consecutive pieces of at most ``length`` tokens.
+
+    Returns ``(piece_doc_P, piece_start_P, piece_len_P)`` (int64, int64, int32) in document
+    order: a document of n tokens gives ``ceil(n / length)`` pieces, all of ``length`` tokens but
+    the last; documents of length 0 give none.
+    """
+    length = _check_length(length)
+    lengths_D = _as_int_array(doc_lengths_D, "doc_lengths_D")
+    if (lengths_D < 0).any():
+        d = int(np.argmax(lengths_D < 0))
+        raise ValueError(f"document {d} has negative length {lengths_D[d]}")
+    count_D = -(-lengths_D // length)
+    piece_doc_P = np.repeat(np.arange(len(lengths_D), dtype=np.int64), count_D)
+    first_D = np.cumsum(count_D) - count_D
+    piece_start_P = (np.arange(len(piece_doc_P), dtype=np.int64) - first_D[piece_doc_P]) * length
+    piece_len_P = np.minimum(length, lengths_D[piece_doc_P] - piece_start_P).astype(np.int32)
+    return piece_doc_P, piece_start_P, piece_len_P
+
+
+def best_fit_decreasing(lengths_P, length: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Optimized best-fit-decreasing: ``(row_P, offset_P, num_rows)`` for pieces in 1..length.
+
+    Pieces go longest first (ties in input order) into the open row with the fewest free tokens
+    that still fits them (among equally tight rows, the one that reached that room last), else
+    into a new row; rows are numbered in opening order and exactly full rows are closed.
+    ``offset_P`` is the token offset of each piece in its row: pieces are laid out in placement
+    order. O(P + length + P log length).
+    """
+    length = _check_length(length)
+    lengths_P = _as_int_array(lengths_P, "lengths_P")
+    _check_piece_lengths(lengths_P, length)
+    row_P, offset_P, num_rows = _k.obfd(lengths_P, length)
+    return row_P, offset_P, int(num_rows)
+
+
+def first_fit(lengths_P, length: int, num_bins: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Baseline first fit in input order: ``(row_P, offset_P, num_rows)``.
+
+    Each piece goes into the oldest open row that fits it. ``num_bins=None`` keeps every row
+    open (classic first fit). With ``num_bins=k`` at most k rows are open: when none fits and k
+    are open, the fullest open row (the oldest on ties) is closed (emitted) to make room.
+    Exactly full rows close.
+    """
+    length = _check_length(length)
+    lengths_P = _as_int_array(lengths_P, "lengths_P")
+    _check_piece_lengths(lengths_P, length)
+    max_open = 0 if num_bins is None else _check_length(num_bins, "num_bins")
+    row_P, offset_P, num_rows = _k.first_fit(lengths_P, length, max_open)
+    return row_P, offset_P, int(num_rows)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PackPlan:
+    """Which token ranges of which documents fill which ``[length]`` row.
+
+    Piece p is tokens ``[piece_start_P[p], piece_start_P[p] + piece_len_P[p])`` of document
+    ``piece_doc_P[p]``. Row r holds pieces ``row_pieces_P[row_ptr_R1[r]:row_ptr_R1[r + 1]]``,
+    laid out back to back from offset 0 in that order; the rest of the row is padding.
+    """
+
+    length: int
+    piece_doc_P: np.ndarray
+    piece_start_P: np.ndarray
+    piece_len_P: np.ndarray
+    row_ptr_R1: np.ndarray
+    row_pieces_P: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the plan."""
+        return len(self.row_ptr_R1) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens over all pieces (non-padding positions)."""
+        return int(self.piece_len_P.sum(dtype=np.int64))
+
+    @property
+    def fill(self) -> float:
+        """Fraction of row positions holding tokens (1.0 = no padding)."""
+        return self.num_tokens / max(1, self.num_rows * self.length)
+
+    @property
+    def lower_bound(self) -> int:
+        """Fewest rows any packer needs: ``ceil(num_tokens / length)``."""
+        return -(-self.num_tokens // self.length)
+
+    @property
+    def num_truncated_docs(self) -> int:
+        """Documents cut into more than one piece (distinct docs with a piece not at start 0)."""
+        return len(np.unique(self.piece_doc_P[self.piece_start_P > 0]))
+
+    def piece_rows(self) -> np.ndarray:
+        """Row of every piece, ``[P]`` int64."""
+        row_P = np.empty(len(self.piece_len_P), np.int64)
+        row_P[self.row_pieces_P] = np.repeat(np.arange(self.num_rows), np.diff(self.row_ptr_R1))
+        return row_P
+
+    def piece_offsets(self) -> np.ndarray:
+        """Token offset of every piece inside its row, ``[P]`` int64."""
+        len_Q = self.piece_len_P[self.row_pieces_P].astype(np.int64)
+        end_Q = np.cumsum(len_Q)
+        row_start_R = np.concatenate([[0], end_Q])[self.row_ptr_R1[:-1]]
+        offset_P = np.empty(len(len_Q), np.int64)
+        offset_P[self.row_pieces_P] = end_Q - len_Q - np.repeat(row_start_R, np.diff(self.row_ptr_R1))
+        return offset_P
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the plan to ``path`` as one ``.npz`` file (exactly that name)."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "length"}
+        with open(path, "wb") as f:  # a file object stops savez from appending ".npz"
+            np.savez(f, length=np.int64(self.length), **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PackPlan":
+        """Read a plan written by :meth:`save`."""
+        with np.load(path) as z:
+            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls) if f.name != "length"},
+                       length=int(z["length"]))
+
+
+def _windows(num_pieces: int, window: int) -> list[tuple[int, int]]:
+    if int(window) != window or window < 0:
+        raise ValueError(f"window must be an integer >= 0 (0 = all pieces at once), got {window!r}")
+    step = int(window) or max(num_pieces, 1)
+    return [(lo, min(lo + step, num_pieces)) for lo in range(0, num_pieces, step)]
+
+
+def _emit_rank(rows_W: Sequence[int], windowed: bool, seed) -> np.ndarray | None:
+    """Emitted position of every row (rows of a window stay in that window's span), or None."""
+    if seed is None:
+        return None
+    if not windowed:
+        perm_R = np.random.default_rng(seed).permutation(int(sum(rows_W)))
+    else:
+        base_W = np.cumsum(rows_W) - rows_W
+        perm_R = np.concatenate([np.zeros(0, np.int64)] + [
+            b + np.random.default_rng([seed, w]).permutation(n) for w, (b, n) in enumerate(zip(base_W, rows_W))])
+    rank_R = np.empty(len(perm_R), np.int64)
+    rank_R[perm_R] = np.arange(len(perm_R))
+    return rank_R
+
+
+def _concat_assign(doc_P, start_P, len_P, length: int, window: int):
+    """Concatenate-then-split per window: fragments ``(doc, start, len, row, offset)``, rows/window."""
+    n = len(len_P)
+    win_P = np.arange(n) // window if window else np.zeros(n, np.int64)
+    # Consecutive pieces of one document in one window are one contiguous token range.
+    new_P = np.ones(n, bool)
+    new_P[1:] = (doc_P[1:] != doc_P[:-1]) | (win_P[1:] != win_P[:-1])
+    first_G = np.flatnonzero(new_P)
+    len_G = np.add.reduceat(len_P.astype(np.int64), first_G) if n else np.zeros(0, np.int64)
+    win_G = win_P[first_G]
+    end_G = np.cumsum(len_G)
+    first_W = np.flatnonzero(np.r_[True, win_G[1:] != win_G[:-1]]) if n else np.zeros(0, np.int64)
+    pos_G = end_G - len_G - (end_G - len_G)[first_W][win_G]  # token position inside its window
+    rows_W = -(-np.add.reduceat(len_G, first_W) // length) if n else np.zeros(0, np.int64)
+    row_lo_G, row_hi_G = pos_G // length, (pos_G + len_G - 1) // length
+    count_G = row_hi_G - row_lo_G + 1
+    g_F = np.repeat(np.arange(len(len_G)), count_G)
+    row_F = row_lo_G[g_F] + np.arange(len(g_F)) - (np.cumsum(count_G) - count_G)[g_F]
+    lo_F = np.maximum(pos_G[g_F], row_F * length)
+    hi_F = np.minimum(pos_G[g_F] + len_G[g_F], (row_F + 1) * length)
+    frag = (doc_P[first_G][g_F], start_P[first_G][g_F] + lo_F - pos_G[g_F], (hi_F - lo_F).astype(np.int32))
+    row_F += (np.cumsum(rows_W) - rows_W)[win_G[g_F]]
+    return frag, row_F, lo_F % length, rows_W.tolist()
+
+
+def plan_packing(doc_lengths_D, length: int, *, packer: str = "best_fit", window: int = 0,
+                 seed: int | None = 0) -> PackPlan:
+    """Plan packing documents of the given token counts into rows of ``length``.
+
+    ``packer``: ``"best_fit"`` (OBFD; only documents longer than ``length`` are cut),
+    ``"first_fit"`` (unbounded first fit in document order; same cuts), or ``"concat"``
+    (documents concatenated in order and cut into rows of exactly ``length``; only a window's
+    last row may be partial). ``window=0`` packs all pieces at once; ``window=W`` packs each run
+    of W consecutive pieces (document order) on its own, as a streaming pipeline would.
+    Rows are emitted shuffled (``np.random.default_rng(seed)``; per window with seed
+    ``(seed, window index)``, windows kept in order) because best-fit output order correlates
+    with length; ``seed=None`` keeps packer order.
+    """
+    if packer not in PACKERS:
+        raise ValueError(f"unknown packer {packer!r}; choose one of {PACKERS}")
+    length = _check_length(length)
+    doc_P, start_P, len_P = split_lengths(doc_lengths_D, length)
+    spans = _windows(len(len_P), window)
+    if packer == "concat":
+        (doc_P, start_P, len_P), row_P, offset_P, rows_W = _concat_assign(doc_P, start_P, len_P, length, window)
+    else:
+        lengths_P = len_P.astype(np.int64)
+        row_P, offset_P, rows_W, total = np.empty_like(lengths_P), np.empty_like(lengths_P), [], 0
+        for lo, hi in spans:
+            if packer == "best_fit":
+                rows, offsets, n = _k.obfd(lengths_P[lo:hi], length)
+            else:
+                rows, offsets, n = _k.first_fit(lengths_P[lo:hi], length, 0)
+            row_P[lo:hi], offset_P[lo:hi] = rows + total, offsets
+            rows_W.append(int(n))
+            total += int(n)
+    rank_R = _emit_rank(rows_W, window > 0, seed)
+    if rank_R is not None:
+        row_P = rank_R[row_P]
+    row_ptr_R1, row_pieces_P = _k.group_rows(row_P, offset_P, int(sum(rows_W)))
+    return PackPlan(length, doc_P, start_P, len_P, row_ptr_R1, row_pieces_P)
+
+
+def plan_packing_2d(inputs_len_P, targets_len_P, inputs_length: int, targets_length: int, *,
+                    window: int = 0, seed: int | None = 0):
+    """Two-dimensional best-fit-decreasing for encoder-decoder examples.
+
+    Returns ``(row_ptr_R1, row_pieces_P, inputs_offset_P, targets_offset_P)``: row r holds
+    pieces ``row_pieces_P[row_ptr_R1[r]:row_ptr_R1[r + 1]]`` in placement order, with inputs
+    summing to at most ``inputs_length`` and targets to at most ``targets_length``; each piece's
+    inputs start at ``inputs_offset_P`` and its targets at ``targets_offset_P`` in that row.
+    Nothing is split: every piece must fit both lengths (lengths may be 0).
+
+    Heuristic: pieces go in decreasing order of ``max(inputs / inputs_length, targets /
+    targets_length)`` (ties in input order), each into the open row that fits both with the
+    fewest free inputs tokens, then the fewest free targets tokens, else a new row (a segment
+    tree over free inputs whose leaves hold the largest free targets finds it in O(log L)).
+    ``window`` and ``seed`` work as in :func:`plan_packing`.
+    """
+    inputs_length = _check_length(inputs_length, "inputs_length")
+    targets_length = _check_length(targets_length, "targets_length")
+    in_P = _as_int_array(inputs_len_P, "inputs_len_P")
+    tgt_P = _as_int_array(targets_len_P, "targets_len_P")
+    if in_P.shape != tgt_P.shape:
+        raise ValueError(f"inputs_len_P has {len(in_P)} pieces but targets_len_P has {len(tgt_P)}")
+    for arr, lim, what in ((in_P, inputs_length, "inputs"), (tgt_P, targets_length, "targets")):
+        bad_P = (arr < 0) | (arr > lim)
+        if bad_P.any():
+            i = int(np.argmax(bad_P))
+            raise ValueError(f"piece {i} has {what} length {arr[i]}, outside 0..{lim}; "
+                             "truncate or drop it before packing")
+    key_P = np.maximum(in_P * targets_length, tgt_P * inputs_length)  # exact integer ratio compare
+    row_P, in_off_P, tgt_off_P = np.empty_like(in_P), np.empty_like(in_P), np.empty_like(in_P)
+    rows_W, total = [], 0
+    for lo, hi in _windows(len(in_P), window):
+        order = np.argsort(-key_P[lo:hi], kind="stable")
+        rows, ins, tgts, n = _k.bfd_2d(in_P[lo:hi], tgt_P[lo:hi], order, inputs_length, targets_length)
+        row_P[lo:hi], in_off_P[lo:hi], tgt_off_P[lo:hi] = rows + total, ins, tgts
+        rows_W.append(int(n))
+        total += int(n)
+    rank_R = _emit_rank(rows_W, window > 0, seed)
+    if rank_R is not None:
+        row_P = rank_R[row_P]
+    row_ptr_R1, row_pieces_P = _k.group_rows(row_P, in_off_P * (targets_length + 1) + tgt_off_P,
+                                             int(sum(rows_W)))
+    return row_ptr_R1, row_pieces_P, in_off_P, tgt_off_P
+
+
+def segment_layout(plan: PackPlan, rows_R) -> tuple[np.ndarray, np.ndarray]:
+    """``(segment_ids_RxL, positions_RxL)`` int32 for rows ``rows_R`` of ``plan``.
+
+    Piece k of a row (1-based, in row order) has segment id k and positions 0..len-1; padding
+    is 0 in both.
+    """
+    rows_R = np.asarray(rows_R, np.int64).reshape(-1)
+    lo_R, count_R = plan.row_ptr_R1[rows_R], np.diff(plan.row_ptr_R1)[rows_R]
+    first_R = np.cumsum(count_R) - count_R
+    rank_Q = np.arange(int(count_R.sum())) - np.repeat(first_R, count_R)  # index inside its row
+    len_Q = plan.piece_len_P[plan.row_pieces_P[np.repeat(lo_R, count_R) + rank_Q]].astype(np.int64)
+    end_Q = np.cumsum(len_Q)
+    offset_Q = end_Q - len_Q - np.concatenate([[0], end_Q])[first_R][np.repeat(np.arange(len(rows_R)), count_R)]
+    tok_start_Q = end_Q - len_Q
+    pos_T = np.arange(int(len_Q.sum())) - np.repeat(tok_start_Q, len_Q)
+    flat_T = np.repeat(np.repeat(np.arange(len(rows_R)), count_R) * plan.length + offset_Q, len_Q) + pos_T
+    segment_ids_RxL = np.zeros(len(rows_R) * plan.length, np.int32)
+    positions_RxL = np.zeros(len(rows_R) * plan.length, np.int32)
+    segment_ids_RxL[flat_T] = np.repeat(rank_Q + 1, len_Q)
+    positions_RxL[flat_T] = pos_T
+    shape = (len(rows_R), plan.length)
+    return segment_ids_RxL.reshape(shape), positions_RxL.reshape(shape)
 
 
 def _check_pieces(pieces: Sequence[dict[str, np.ndarray]], length: int) -> tuple[list[str], np.ndarray]:
@@ -32,82 +341,43 @@ def _check_pieces(pieces: Sequence[dict[str, np.ndarray]], length: int) -> tuple
         sizes = {k: np.shape(piece[k]) for k in keys}
         if len(set(sizes.values())) != 1 or len(sizes[keys[0]]) != 1:
             raise ValueError(f"piece {i} arrays must be 1-D and of equal length, got shapes {sizes}")
-        n = sizes[keys[0]][0]
-        if not 1 <= n <= length:
-            raise ValueError(
-                f"piece {i} has length {n}, outside 1..{length}; split long sequences with split_long() first"
-            )
-        lengths_N[i] = n
+        lengths_N[i] = sizes[keys[0]][0]
+    _check_piece_lengths(lengths_N, length)
     return keys, lengths_N
-
-
-def best_fit_decreasing(lengths: Sequence[int], length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Assign items to bins of capacity ``length``; return ``(row, offset)`` per item.
-
-    Items are placed longest first (stable for ties) into the open row with the
-    smallest remaining capacity that still fits, else into a new row. Open rows
-    live in a sorted list of ``(remaining, row)`` so each placement is a binary
-    search; ties go to the lowest row index, keeping the result deterministic.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    row_of = np.empty(len(lengths), dtype=np.int64)
-    offset_of = np.empty(len(lengths), dtype=np.int64)
-    open_rows: list[tuple[int, int]] = []  # (remaining capacity, row index), sorted
-    used: list[int] = []  # tokens already placed in each row
-    for i in order:
-        n = int(lengths[i])
-        j = bisect.bisect_left(open_rows, (n, -1))
-        if j < len(open_rows):
-            remaining, row = open_rows.pop(j)
-        else:
-            remaining, row = length, len(used)
-            used.append(0)
-        row_of[i], offset_of[i] = row, used[row]
-        used[row] += n
-        if remaining - n > 0:
-            bisect.insort(open_rows, (remaining - n, row))
-    return row_of, offset_of
 
 
 def pack_pieces(
     pieces: Sequence[dict[str, np.ndarray]], length: int, seed: int | None = 0
 ) -> dict[str, np.ndarray]:
-    """Pack 1-D feature dicts into ``[rows, length]`` int32 arrays.
+    """Pack 1-D feature dicts into ``[rows, length]`` int32 arrays with best-fit-decreasing.
 
-    Every piece is a dict of equal-length 1-D integer arrays (same keys for all
-    pieces, length 1..``length``). Returns each key as ``[rows, length]`` with 0
-    padding, plus ``segment_ids`` (1..k per row in placement order, 0 on
-    padding) and ``positions`` (0.. within each segment, 0 on padding). Rows are
-    shuffled with ``seed`` unless it is None, because best-fit-decreasing emits
-    rows roughly sorted by the length of their longest piece.
+    Every piece is a dict of equal-length 1-D integer arrays (same keys for all pieces, length
+    1..``length``). Returns each key as ``[rows, length]`` with 0 padding, plus ``segment_ids``
+    (1..k per row in placement order, 0 on padding) and ``positions`` (0.. within each segment,
+    0 on padding). Rows are shuffled with ``seed`` unless it is None, because
+    best-fit-decreasing emits rows roughly sorted by the length of their longest piece.
     """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
+    length = _check_length(length)
     if not pieces:
         return {}
     keys, lengths_N = _check_pieces(pieces, length)
-    row_N, offset_N = best_fit_decreasing(lengths_N.tolist(), length)
-    num_rows = int(row_N.max()) + 1
-    # Segment id = 1 + number of earlier pieces in the same row; offsets grow
-    # with placement order, so rank pieces by (row, offset).
+    row_N, offset_N, num_rows = best_fit_decreasing(lengths_N, length)
+    # Segment id = 1 + number of earlier pieces in the same row; offsets grow with placement
+    # order, so rank pieces by (row, offset).
     rank = np.lexsort((offset_N, row_N))
     segment_N = np.empty_like(row_N)
     row_sorted = row_N[rank]
-    first_in_row = np.searchsorted(row_sorted, row_sorted, side="left")
-    segment_N[rank] = np.arange(len(rank)) - first_in_row + 1
+    segment_N[rank] = np.arange(len(rank)) - np.searchsorted(row_sorted, row_sorted, side="left") + 1
 
     # Flat destination index of every token, pieces concatenated in input order.
-    starts_N = np.concatenate([[0], np.cumsum(lengths_N)[:-1]])
-    total = int(lengths_N.sum())
-    within_T = np.arange(total) - np.repeat(starts_N, lengths_N)
+    starts_N = np.cumsum(lengths_N) - lengths_N
+    within_T = np.arange(int(lengths_N.sum())) - np.repeat(starts_N, lengths_N)
     dest_T = np.repeat(row_N * length + offset_N, lengths_N) + within_T
 
     out: dict[str, np.ndarray] = {}
-    for key in keys:
-        flat = np.zeros(num_rows * length, dtype=np.int32)
-        flat[dest_T] = np.concatenate([np.asarray(p[key]) for p in pieces])
-        out[key] = flat.reshape(num_rows, length)
-    for key, values_T in (("segment_ids", np.repeat(segment_N, lengths_N)), ("positions", within_T)):
+    values = {key: np.concatenate([np.asarray(p[key]) for p in pieces]) for key in keys}
+    values |= {"segment_ids": np.repeat(segment_N, lengths_N), "positions": within_T}
+    for key, values_T in values.items():
         flat = np.zeros(num_rows * length, dtype=np.int32)
         flat[dest_T] = values_T
         out[key] = flat.reshape(num_rows, length)
@@ -119,8 +389,7 @@ def pack_pieces(
 
 def split_long(tokens: np.ndarray | Sequence[int], length: int) -> list[np.ndarray]:
     """Cut a 1-D sequence into consecutive chunks of at most ``length`` (last may be shorter)."""
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
+    length = _check_length(length)
     tokens = np.asarray(tokens)
     return [tokens[i : i + length] for i in range(0, len(tokens), length)]
 

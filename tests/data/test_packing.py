@@ -1,4 +1,6 @@
-"""Tests for the best-fit-decreasing packer."""
+"""Tests for sequence packing: OBFD, baselines, plans, 2-D packing and pack_pieces."""
+
+import bisect
 
 import numpy as np
 import pytest
@@ -12,18 +14,301 @@ def _random_pieces(rng, n, length, key="tokens"):
     return [{key: np.arange(k, dtype=np.int32) + 1000 * (i + 1)} for i, k in enumerate(lengths)]
 
 
-def _first_fit_rows(lengths, length):
-    free = []
-    for n in lengths:
-        for j, f in enumerate(free):
-            if f >= n:
-                free[j] -= n
-                break
+def _lognormal_docs(rng, n, median=400, sigma=1.3):
+    return np.maximum(1, np.round(np.exp(rng.normal(np.log(median), sigma, n)))).astype(np.int64)
+
+
+# ---------------------------------------------------------------- pure-Python references
+def _reference_bfd(lengths, length):
+    """Best-fit-decreasing with a sorted list of free capacities; ties: the bin that got there last."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    caps, stacks, num_rows = [], {}, 0
+    row, offset = [0] * len(lengths), [0] * len(lengths)
+    for i in order:
+        w = int(lengths[i])
+        j = bisect.bisect_left(caps, w)
+        if j < len(caps):
+            c = caps[j]
+            b = stacks[c].pop()
+            if not stacks[c]:
+                caps.pop(j)
+                del stacks[c]
         else:
-            free.append(length - n)
-    return len(free)
+            b, c, num_rows = num_rows, length, num_rows + 1
+        row[i], offset[i] = b, length - c
+        if c - w:
+            if c - w not in stacks:
+                bisect.insort(caps, c - w)
+                stacks[c - w] = []
+            stacks[c - w].append(b)
+    return row, offset, num_rows
 
 
+def _reference_first_fit(lengths, length, num_bins=None):
+    """First fit over rows in opening order; with num_bins, close the fullest row to open one."""
+    free, is_open, row, offset = [], [], [], []
+    for w in lengths:
+        b = next((b for b in range(len(free)) if is_open[b] and free[b] >= w), None)
+        if b is None:
+            open_rows = [b for b in range(len(free)) if is_open[b]]
+            if num_bins is not None and len(open_rows) == num_bins:
+                is_open[min(open_rows, key=lambda b: free[b])] = False
+            free.append(length)
+            is_open.append(True)
+            b = len(free) - 1
+        row.append(b)
+        offset.append(length - free[b])
+        free[b] -= w
+        is_open[b] = is_open[b] and free[b] > 0
+    return row, offset, len(free)
+
+
+def _reference_bfd_2d(ins, tgts, lin, ltgt):
+    """2-D best fit: fewest free inputs, then fewest free targets, then the row that got there last."""
+    order = sorted(range(len(ins)), key=lambda i: -max(ins[i] * ltgt, tgts[i] * lin))
+    rows = []  # [free inputs, free targets, time it reached that state]
+    row, in_off, tgt_off = [0] * len(ins), [0] * len(ins), [0] * len(ins)
+    for step, i in enumerate(order):
+        fits = [b for b, (a, t, _) in enumerate(rows) if (a or t) and a >= ins[i] and t >= tgts[i]]
+        if fits:
+            b = min(fits, key=lambda b: (rows[b][0], rows[b][1], -rows[b][2]))
+        else:
+            rows.append([lin, ltgt, -1])
+            b = len(rows) - 1
+        row[i], in_off[i], tgt_off[i] = b, lin - rows[b][0], ltgt - rows[b][1]
+        rows[b] = [rows[b][0] - ins[i], rows[b][1] - tgts[i], step]
+    return row, in_off, tgt_off, len(rows)
+
+
+# ---------------------------------------------------------------- assignment kernels
+@pytest.mark.parametrize("length,n,seed", [(1, 20, 0), (7, 300, 1), (64, 2000, 2), (1000, 3000, 3)])
+def test_obfd_equals_reference_bfd(length, n, seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, length + 1, size=n)
+    if seed == 3:  # lognormal, as documents are
+        lengths = np.clip(_lognormal_docs(rng, n, median=150), 1, length)
+    row_P, offset_P, num_rows = packing.best_fit_decreasing(lengths, length)
+    ref_row, ref_offset, ref_rows = _reference_bfd(lengths.tolist(), length)
+    assert num_rows == ref_rows
+    np.testing.assert_array_equal(row_P, ref_row)
+    np.testing.assert_array_equal(offset_P, ref_offset)
+
+
+@pytest.mark.parametrize("num_bins", [None, 1, 3, 16])
+def test_first_fit_equals_reference(num_bins):
+    lengths = np.random.default_rng(4).integers(1, 33, size=600)
+    row_P, offset_P, num_rows = packing.first_fit(lengths, 32, num_bins=num_bins)
+    ref_row, ref_offset, ref_rows = _reference_first_fit(lengths.tolist(), 32, num_bins)
+    assert num_rows == ref_rows
+    np.testing.assert_array_equal(row_P, ref_row)
+    np.testing.assert_array_equal(offset_P, ref_offset)
+
+
+def test_assignment_respects_capacity_and_layout():
+    lengths = np.random.default_rng(5).integers(1, 101, size=3000)
+    for row_P, offset_P, num_rows in (packing.best_fit_decreasing(lengths, 100), packing.first_fit(lengths, 100)):
+        assert np.bincount(row_P, weights=lengths, minlength=num_rows).max() <= 100
+        assert (offset_P + lengths <= 100).all()
+        # Pieces of a row tile [0, used) without gaps or overlaps.
+        order = np.lexsort((offset_P, row_P))
+        r, o, n = row_P[order], offset_P[order], lengths[order]
+        same = r[1:] == r[:-1]
+        assert (o[1:][same] == (o + n)[:-1][same]).all() and (o[1:][~same] == 0).all() and o[0] == 0
+
+
+def test_bfd_beats_first_fit_and_fills_rows():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 129, size=2000)
+    assert packing.best_fit_decreasing(lengths, 128)[2] <= packing.first_fit(lengths, 128)[2]
+    lengths = np.clip(rng.lognormal(mean=4.0, sigma=1.0, size=5000).astype(int), 1, 256)
+    out = packing.pack_pieces([{"t": np.ones(n, np.int32)} for n in lengths], 256)
+    assert lengths.sum() / out["t"].size > 0.99
+
+
+def test_empty_inputs():
+    for fn in (packing.best_fit_decreasing, packing.first_fit):
+        row_P, offset_P, num_rows = fn([], 8)
+        assert num_rows == 0 and len(row_P) == len(offset_P) == 0
+    plan = packing.plan_packing([0, 0], 8)
+    assert plan.num_rows == 0 and plan.num_tokens == 0 and len(plan.row_ptr_R1) == 1
+
+
+# ---------------------------------------------------------------- validation
+def test_errors_name_the_value():
+    with pytest.raises(ValueError, match="length must be an integer >= 1, got 0"):
+        packing.best_fit_decreasing([1], 0)
+    with pytest.raises(ValueError, match="piece 2 has length 9, outside 1..8; cut long"):
+        packing.best_fit_decreasing([1, 8, 9], 8)
+    with pytest.raises(ValueError, match="piece 0 has length 0"):
+        packing.first_fit([0], 8)
+    with pytest.raises(ValueError, match="document 1 has negative length -3"):
+        packing.plan_packing([4, -3], 8)
+    with pytest.raises(ValueError, match=r"unknown packer 'bfd'; choose one of \('best_fit', 'first_fit', 'concat'\)"):
+        packing.plan_packing([4], 8, packer="bfd")
+    with pytest.raises(ValueError, match="window must be an integer >= 0"):
+        packing.plan_packing([4], 8, window=-1)
+    with pytest.raises(ValueError, match="must be a 1-D array of integers"):
+        packing.split_lengths([1.5], 8)
+    with pytest.raises(ValueError, match="piece 1 has targets length 5, outside 0..4"):
+        packing.plan_packing_2d([1, 1], [1, 5], 8, 4)
+
+
+def test_split_lengths():
+    doc_P, start_P, len_P = packing.split_lengths([5, 0, 8, 9, 1], 4)
+    assert doc_P.tolist() == [0, 0, 2, 2, 3, 3, 3, 4]
+    assert start_P.tolist() == [0, 4, 0, 4, 0, 4, 8, 0]
+    assert len_P.tolist() == [4, 1, 4, 4, 4, 4, 1, 1]
+    assert (doc_P.dtype, start_P.dtype, len_P.dtype) == (np.int64, np.int64, np.int32)
+
+
+# ---------------------------------------------------------------- plans
+def _check_plan(plan, lengths_D):
+    """Every token of every document appears exactly once, in order; rows within capacity."""
+    assert plan.row_ptr_R1[0] == 0 and plan.row_ptr_R1[-1] == len(plan.piece_len_P)
+    assert np.array_equal(np.sort(plan.row_pieces_P), np.arange(len(plan.piece_len_P)))
+    assert (plan.piece_len_P >= 1).all()
+    row_P, offset_P = plan.piece_rows(), plan.piece_offsets()
+    assert (offset_P + plan.piece_len_P <= plan.length).all()
+    assert np.diff(plan.row_ptr_R1).min(initial=1) >= 1
+    order = np.lexsort((plan.piece_start_P, plan.piece_doc_P))
+    doc, start, n = plan.piece_doc_P[order], plan.piece_start_P[order], plan.piece_len_P[order].astype(np.int64)
+    cont = doc[1:] == doc[:-1]
+    assert (start[1:][cont] == (start + n)[:-1][cont]).all()  # no gap or overlap inside a document
+    assert (start[np.r_[True, ~cont]] == 0).all()
+    covered_D = np.bincount(doc, weights=n, minlength=len(lengths_D))
+    np.testing.assert_array_equal(covered_D, lengths_D)
+    return row_P, offset_P
+
+
+@pytest.mark.parametrize("packer", packing.PACKERS)
+@pytest.mark.parametrize("window", [0, 1, 7, 50])
+def test_plan_conserves_tokens(packer, window):
+    rng = np.random.default_rng(6)
+    lengths_D = np.r_[_lognormal_docs(rng, 150, median=20), 0, 64, 65, 300]
+    plan = packing.plan_packing(lengths_D, 64, packer=packer, window=window, seed=1)
+    _check_plan(plan, lengths_D)
+    long_D = int((lengths_D > 64).sum())
+    if packer == "concat":
+        assert plan.num_truncated_docs >= long_D
+        assert (np.diff(plan.row_ptr_R1) >= 1).all()
+    else:
+        # Best fit and first fit cut exactly the documents longer than a row, at row multiples.
+        assert plan.num_truncated_docs == long_D
+        assert (plan.piece_start_P % 64 == 0).all()
+
+
+def test_concat_fills_every_row_but_the_last_and_truncates():
+    lengths_D = _lognormal_docs(np.random.default_rng(7), 400, median=30)
+    plan = packing.plan_packing(lengths_D, 64, packer="concat", seed=None)
+    _check_plan(plan, lengths_D)
+    used_R = np.add.reduceat(plan.piece_len_P[plan.row_pieces_P], plan.row_ptr_R1[:-1])
+    assert (used_R[:-1] == 64).all() and plan.num_rows == plan.lower_bound
+    assert plan.num_truncated_docs > (lengths_D > 64).sum()
+
+
+def test_windows_are_packed_independently():
+    lengths_D = _lognormal_docs(np.random.default_rng(8), 300, median=30)
+    window = 40
+    plan = packing.plan_packing(lengths_D, 64, window=window, seed=3)
+    row_P = plan.piece_rows()
+    window_P = np.arange(len(row_P)) // window  # plan pieces are split pieces in document order
+    # A row never mixes windows, and windows are emitted in order.
+    assert (np.diff(window_P[plan.row_pieces_P[plan.row_ptr_R1[:-1]]]) >= 0).all()
+    for w in range(window_P.max() + 1):
+        rows = np.unique(row_P[window_P == w])
+        assert not np.isin(rows, row_P[window_P != w]).any()
+        assert rows.max() - rows.min() + 1 == len(rows)
+
+
+def test_fill_near_lower_bound_on_lognormal_documents():
+    lengths_D = _lognormal_docs(np.random.default_rng(9), 20000)
+    rows = {}
+    for packer, window in [("best_fit", 0), ("best_fit", 10000), ("first_fit", 0), ("concat", 0)]:
+        plan = packing.plan_packing(lengths_D, 2048, packer=packer, window=window)
+        rows[packer, window] = plan.num_rows
+        assert plan.num_tokens == lengths_D.sum()
+    lower = packing.plan_packing(lengths_D, 2048).lower_bound
+    assert rows["best_fit", 0] <= lower + 1 and rows["concat", 0] == lower
+    assert rows["best_fit", 10000] <= lower * 1.001
+    assert rows["best_fit", 0] < rows["first_fit", 0]
+
+
+def test_plan_matches_assignment_when_unshuffled():
+    lengths_D = _lognormal_docs(np.random.default_rng(10), 500, median=50)
+    plan = packing.plan_packing(lengths_D, 128, seed=None)
+    row_P, offset_P, num_rows = packing.best_fit_decreasing(plan.piece_len_P, 128)
+    assert plan.num_rows == num_rows
+    np.testing.assert_array_equal(plan.piece_rows(), row_P)
+    np.testing.assert_array_equal(plan.piece_offsets(), offset_P)
+
+
+def test_seed_is_deterministic_and_only_permutes_rows():
+    lengths_D = _lognormal_docs(np.random.default_rng(11), 500, median=50)
+    for window in (0, 100):
+        a, b, c, base = (packing.plan_packing(lengths_D, 128, window=window, seed=s) for s in (5, 5, 6, None))
+        for f in ("row_ptr_R1", "row_pieces_P", "piece_doc_P", "piece_start_P"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+        assert not np.array_equal(a.piece_rows(), c.piece_rows())
+        rows_of = lambda p: sorted(tuple(p.row_pieces_P[p.row_ptr_R1[r]:p.row_ptr_R1[r + 1]]) for r in range(p.num_rows))
+        assert rows_of(a) == rows_of(c) == rows_of(base)
+
+
+def test_save_load_round_trip(tmp_path):
+    plan = packing.plan_packing(_lognormal_docs(np.random.default_rng(12), 200, median=50), 128)
+    path = tmp_path / "plan.npz.tmp123"  # exactly this name: writers rename it into place
+    plan.save(path)
+    loaded = packing.PackPlan.load(path)
+    assert loaded.length == 128 and loaded.num_rows == plan.num_rows and loaded.fill == plan.fill
+    for f in ("piece_doc_P", "piece_start_P", "piece_len_P", "row_ptr_R1", "row_pieces_P"):
+        np.testing.assert_array_equal(getattr(loaded, f), getattr(plan, f))
+        assert getattr(loaded, f).dtype == getattr(plan, f).dtype
+
+
+def test_segment_layout():
+    lengths_D = _lognormal_docs(np.random.default_rng(13), 200, median=20)
+    plan = packing.plan_packing(lengths_D, 64)
+    rows_R = np.array([3, 0, 3, plan.num_rows - 1])
+    seg_RxL, pos_RxL = packing.segment_layout(plan, rows_R)
+    assert seg_RxL.shape == pos_RxL.shape == (4, 64) and seg_RxL.dtype == pos_RxL.dtype == np.int32
+    for i, r in enumerate(rows_R):
+        pieces = plan.row_pieces_P[plan.row_ptr_R1[r]:plan.row_ptr_R1[r + 1]]
+        seg = np.repeat(np.arange(1, len(pieces) + 1), plan.piece_len_P[pieces])
+        pos = np.concatenate([np.arange(n) for n in plan.piece_len_P[pieces]])
+        pad = 64 - len(seg)
+        np.testing.assert_array_equal(seg_RxL[i], np.r_[seg, np.zeros(pad, int)])
+        np.testing.assert_array_equal(pos_RxL[i], np.r_[pos, np.zeros(pad, int)])
+    assert packing.segment_layout(plan, [])[0].shape == (0, 64)
+
+
+# ---------------------------------------------------------------- two-dimensional packing
+@pytest.mark.parametrize("window", [0, 60])
+def test_plan_packing_2d(window):
+    rng = np.random.default_rng(14)
+    ins = rng.integers(0, 49, size=300)
+    tgts = np.clip(ins // 4 + rng.integers(-3, 8, size=300), 0, 16)
+    row_ptr_R1, row_pieces_P, in_off_P, tgt_off_P = packing.plan_packing_2d(ins, tgts, 48, 16, window=window)
+    assert np.array_equal(np.sort(row_pieces_P), np.arange(300))
+    for r in range(len(row_ptr_R1) - 1):
+        p = row_pieces_P[row_ptr_R1[r]:row_ptr_R1[r + 1]]
+        # Pieces of a row are back to back in both features, in row order, within both lengths.
+        np.testing.assert_array_equal(in_off_P[p], np.cumsum(ins[p]) - ins[p])
+        np.testing.assert_array_equal(tgt_off_P[p], np.cumsum(tgts[p]) - tgts[p])
+        assert ins[p].sum() <= 48 and tgts[p].sum() <= 16
+    if window:
+        window_P = np.arange(300) // window
+        starts = window_P[row_pieces_P[row_ptr_R1[:-1]]]
+        assert (np.diff(starts) >= 0).all()
+        assert all(len(set(window_P[row_pieces_P[a:b]])) == 1 for a, b in zip(row_ptr_R1[:-1], row_ptr_R1[1:]))
+    else:
+        _, ref_in, ref_tgt, ref_rows = _reference_bfd_2d(ins.tolist(), tgts.tolist(), 48, 16)
+        assert len(row_ptr_R1) - 1 == ref_rows
+        np.testing.assert_array_equal(in_off_P, ref_in)
+        np.testing.assert_array_equal(tgt_off_P, ref_tgt)
+        lower = max(-(-ins.sum() // 48), -(-tgts.sum() // 16))
+        assert ref_rows <= lower * 1.1
+
+
+# ---------------------------------------------------------------- pack_pieces and helpers
 @pytest.mark.parametrize("seed", [None, 0, 3])
 def test_token_conservation_and_layout(seed):
     length = 32
@@ -80,18 +365,6 @@ def test_rejects_bad_pieces():
         packing.pack_pieces([ok, {"u": np.ones(3, np.int32)}], 8)
     with pytest.raises(ValueError, match="piece 0 arrays"):
         packing.pack_pieces([{"t": np.ones(3), "u": np.ones(2)}], 8)
-
-
-def test_bfd_beats_first_fit_and_fills_rows():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 129, size=2000)
-    row_N, _ = packing.best_fit_decreasing(lengths.tolist(), 128)
-    assert row_N.max() + 1 <= _first_fit_rows(lengths, 128)
-    # 5k lognormal lengths at L=256, as document lengths tend to be.
-    lengths = np.clip(rng.lognormal(mean=4.0, sigma=1.0, size=5000).astype(int), 1, 256)
-    out = packing.pack_pieces([{"t": np.ones(n, np.int32)} for n in lengths], 256)
-    fill = lengths.sum() / out["t"].size
-    assert fill > 0.97, fill
 
 
 def test_split_long():
