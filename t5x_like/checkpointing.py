@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,27 @@ class Checkpointer:
         check_same_model(saved, model_config, f"{self.directory}/{step}")
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iter is not None:
+            self._check_process_count(step)
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         log.info("restored checkpoint %s/%d", self.directory, step)
         return restored["state"]
+
+    def _check_process_count(self, step: int) -> None:
+        """The data iterator state is per process: refuse a resume with another process count.
+
+        Rows are dealt to processes by index, so N processes' positions do not translate into M
+        processes' positions; continuing anyway would repeat or skip data silently.
+        """
+        item_dir = pathlib.Path(self.directory, str(step), "data_iter")
+        files = sorted(p.name for p in item_dir.glob("process_*"))
+        want = f"-of-{jax.process_count()}.json"
+        if files and not all(f.endswith(want) for f in files):
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory}/{step} holds the data iterator state of "
+                f"{files[0].rsplit('-of-', 1)[1][:-5]} process(es) ({', '.join(files)}); this run "
+                f"has {jax.process_count()}. Resume with the same number of processes (the mesh "
+                "may differ), or start a fresh MODEL_DIR from these weights.")
 
     def wait(self) -> None:
         """Block until pending async saves are on disk."""

@@ -1,6 +1,7 @@
 """The `t5x-like` command line: train, eval and generate, configured by gin.
 
     t5x-like train                                  # tiny model on the embedded corpus
+    t5x-like prepare --gin.MIXTURE_OR_TASK_NAME="'data/*.jsonl.zst'" --gin.DataConfig.eval_files=...
     t5x-like train --gin_file=runs/pretrain.gin --gin.TRAIN_STEPS=100 --gin.MODEL_DIR=/tmp/run
     t5x-like eval --gin.MODEL_DIR=/tmp/run
     t5x-like generate --model_dir=/tmp/run "def fibonacci(n):"
@@ -25,12 +26,16 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train (or resume) a model"),
-                       ("eval", "evaluate MODEL_DIR's latest checkpoint")):
+                       ("eval", "evaluate MODEL_DIR's latest checkpoint"),
+                       ("prepare", "tokenize the run's tasks into ArrayRecord shards and plan "
+                                   "their packing (train does this on first use)")):
         cmd = sub.add_parser(name, help=text,
                              epilog="Any --gin.KEY=VALUE sets a gin macro or binding.")
         cmd.add_argument("--gin_file", action="append", default=[],
                          help="gin file (repeatable); relative paths also resolve against "
                               "configs/. Default: runs/pretrain.gin")
+    from t5x_like.data import tokenizer_cli
+    tokenizer_cli.add_parser(sub)
     gen = sub.add_parser("generate", help="sample a continuation from a checkpoint")
     gen.add_argument("prompt")
     gen.add_argument("--model_dir", required=True, help="MODEL_DIR of a training run")
@@ -80,6 +85,15 @@ def cmd_train(args, flags) -> int:
     return 0
 
 
+def cmd_prepare(args, flags) -> int:
+    """Prepare and plan every split of the configured task or mixture; print a summary."""
+    from t5x_like import inputs
+    cfg = _load(args, flags)
+    for summary in inputs.prepare_all(cfg, progress=sys.stderr.isatty()):
+        print(json.dumps(summary))
+    return 0
+
+
 def cmd_eval(args, flags) -> int:
     """Print eval metrics of MODEL_DIR's latest checkpoint as JSON."""
     from t5x_like import inputs, trainer
@@ -116,16 +130,16 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     for noisy in ("absl", "jax._src.xla_bridge", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # gin logs every include it first looks for relative to the working directory, as an error,
-    # before finding it in configs/.
-    logging.getLogger().addFilter(
-        lambda r: not str(r.msg).startswith(("Path not found", "system_path_file_exists")))
     try:
         rest, flags = _split_gin_flags(list(sys.argv[1:] if argv is None else argv))
         args = _parser().parse_args(rest)
+        if args.command == "tokenizer":
+            from t5x_like.data import tokenizer_cli
+            return tokenizer_cli.run(args)
         if args.command == "generate" and "MODEL_DIR" in flags:
             raise ConfigError("generate takes --model_dir, not --gin.MODEL_DIR")
-        command = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}[args.command]
+        command = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
+                   "prepare": cmd_prepare}[args.command]
         return command(args, flags)
     except ConfigError as e:
         print(f"t5x-like: configuration error: {e}", file=sys.stderr)

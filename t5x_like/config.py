@@ -199,20 +199,53 @@ class OptimizerConfig(_Validated):
         self._require(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 disables)")
 
 
+PACKERS = ("best_fit", "first_fit", "concat")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig(_Validated):
+    """One named source of documents (seqio's Task): where its splits live and what to read."""
+
+    name: str = "stdlib"
+    # 'stdlib' (the embedded corpus), a path/glob of .jsonl[.gz|.zst], .txt, .parquet or
+    # .array_record files (comma-separated for several), or 'tfds:NAME[/CONFIG][:VERSION]:SPLIT'.
+    train_source: str = "stdlib"
+    eval_source: str = ""  # same syntax; '' = none ('stdlib' has its own validation split)
+    text_field: str = "text"
+    metadata_fields: tuple[str, ...] = ()  # record fields kept next to the tokens
+    # QuRating-style selection: documents are drawn with softmax(score / temperature).
+    score_field: str = ""  # '' = every document once per epoch
+    score_temperature: float = 1.0
+
+    def _validate(self):
+        self._require(bool(self.name) and "/" not in self.name, "name",
+                      "a non-empty name without '/'")
+        self._require(bool(self.train_source), "train_source", "name a source")
+        self._require(self.score_temperature > 0, "score_temperature", "must be positive")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig(_Validated):
     """Where the tokens come from and how they become packed rows."""
 
-    # 'stdlib' is the embedded corpus (the host Python's standard library); otherwise a path
-    # or glob of JSONL files ({"text": ..., other metadata fields}).
+    # A task or mixture named below, 'stdlib' (the embedded corpus), or a source path/glob
+    # (JSONL, text, Parquet, ArrayRecord or 'tfds:...') read as an unnamed task.
     mixture_or_task_name: str = "stdlib"
-    eval_files: str = ""  # JSONL path/glob for eval; '' = the task's own validation split
-    text_field: str = "text"
+    tasks: tuple[TaskConfig, ...] = ()  # named tasks, e.g. [@code/TaskConfig(), ...] in gin
+    mixtures: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> {task: rate}
+    eval_files: str = ""  # eval source of an unnamed task given as a path
+    text_field: str = "text"  # text field of an unnamed task given as a path
     task_feature_lengths: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"targets": 256})
     tokenizer_path: str = ""  # sentencepiece .model; '' = trained on the stdlib corpus
+    tokenizer_extra_ids: int = 0  # ids appended after the sentencepiece model (T5: 100 sentinels)
     data_dir: str = ""  # '' = the repository's data/ (or ~/.cache/t5x_like/data)
-    seed: int = 0  # shuffle order of the packed rows
+    seed: int = 0  # row order, per-epoch reshuffles and score sampling
+    packer: str = "best_fit"  # best_fit (OBFD) | first_fit | concat (concatenate-then-split)
+    pack_window: int = 0  # pieces packed together; 0 = the whole dataset (offline plan)
+    # Read and pack the train split on the fly (windows of pack_window pieces), no prepare step.
+    streaming: bool = False
+    prepare_workers: int = 0  # tokenizer processes for `prepare`; 0 = one per core
 
     def _validate(self):
         lengths = self.task_feature_lengths
@@ -221,7 +254,22 @@ class DataConfig(_Validated):
         self._require(all(v > 0 for v in lengths.values()), "task_feature_lengths",
                       "lengths must be positive")
         self._require(bool(self.mixture_or_task_name), "mixture_or_task_name",
-                      "name 'stdlib' or give a JSONL path/glob")
+                      "name a task or mixture, 'stdlib', or give a source path/glob")
+        self._require(self.packer in PACKERS, "packer", f"choose one of {PACKERS}")
+        self._require(self.pack_window >= 0, "pack_window", "must be >= 0")
+        self._require(not self.streaming or self.pack_window > 0, "pack_window",
+                      "streaming packs windows: set a window of pieces, e.g. 10000")
+        self._require(self.tokenizer_extra_ids >= 0, "tokenizer_extra_ids", "must be >= 0")
+        names = [t.name for t in self.tasks]
+        self._require(len(set(names)) == len(names), "tasks", f"task names repeat: {names}")
+        for mixture, rates in self.mixtures.items():
+            unknown = sorted(set(rates) - set(names) - {"stdlib"})
+            self._require(not unknown, "mixtures",
+                          f"mixture {mixture!r} names unknown tasks {unknown}; defined: {names}")
+            self._require(bool(rates) and all(r > 0 for r in rates.values()), "mixtures",
+                          f"mixture {mixture!r} needs positive rates")
+            self._require(mixture not in names, "mixtures",
+                          f"{mixture!r} is both a task and a mixture")
 
     @property
     def seq_len(self) -> int:

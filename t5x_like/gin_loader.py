@@ -30,10 +30,25 @@ DEFAULT_GIN_FILE = "runs/pretrain.gin"
 _registered: dict[str, object] = {}
 
 
+def _plain_files_only() -> None:
+    """Make gin resolve includes as plain files only.
+
+    gin also tries every include as a Python package resource: 'runs/pretrain.gin' becomes
+    package 'runs', and a runs/ directory in the working directory (our default MODEL_DIR's
+    parent) is a namespace package without a file, which crashes that lookup with a TypeError.
+    Our gin files are never package resources, so that reader has nothing to find.
+    """
+    readers = gin.config._FILE_READERS  # no public API removes a registered reader
+    readers[:] = [(read, exists) for read, exists in readers if read is open]
+
+
 def _register() -> dict[str, object]:
     if not _registered:
+        _plain_files_only()
         for part, cls in _PARTS.items():
             _registered[part] = gin.external_configurable(cls, module="t5x_like")
+        # Tasks are values of DataConfig.tasks (e.g. `@code/TaskConfig()`), not parts of the run.
+        gin.external_configurable(cfg_lib.TaskConfig, module="t5x_like")
     return _registered
 
 

@@ -1,56 +1,41 @@
-"""From a RunConfig's data section to what the loop consumes (the config -> data bridge)."""
+"""From a RunConfig's data section to what the loop consumes (the config -> data bridge).
+
+A run names a task, a mixture of tasks, or a source path. Every task's splits are prepared once
+(tokenized into ArrayRecord shards under ``<data_dir>/prepared/<task>/<split>``), packed by an
+offline plan stored next to them, and served by a resumable grain iterator.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import glob
+import hashlib
 import pathlib
 from typing import Iterator
 
 import jax
 import numpy as np
 
-from t5x_like.config import RunConfig
-from t5x_like.data import pipeline, stdlib_corpus
+from t5x_like.config import RunConfig, TaskConfig
+from t5x_like.data import pipeline, prepared, stdlib_corpus
 from t5x_like.data.tokenizer import Tokenizer, default_tokenizer
+
+SPLITS = ("train", "eval")
 
 
 @dataclasses.dataclass
 class Inputs:
-    """A resumable iterator of this process's train batches, and fixed eval batches."""
+    """A resumable iterator of this process's train batches, fixed eval batches, task names."""
 
     train_iter: Iterator[dict[str, np.ndarray]]  # grain DatasetIterator (get_state/set_state)
     eval_batches: list[dict[str, np.ndarray]]
-
-
-def _files(pattern: str, what: str) -> list[str]:
-    files = sorted(glob.glob(pattern))
-    if not files:
-        raise FileNotFoundError(f"{what} = {pattern!r} matches no file; give 'stdlib' (the "
-                                f"embedded corpus) or a path/glob of JSONL files")
-    return files
+    task_names: tuple[str, ...] = ("stdlib",)  # index -> name of the batches' `_source` ids
 
 
 def load_tokenizer(cfg: RunConfig) -> Tokenizer:
     """The configured sentencepiece model, or the one trained on the embedded corpus."""
     if cfg.data.tokenizer_path:
-        return Tokenizer(cfg.data.tokenizer_path)
+        return Tokenizer(cfg.data.tokenizer_path, extra_ids=cfg.data.tokenizer_extra_ids)
     return default_tokenizer(cfg.data.data_dir or None)
-
-
-def split_files(cfg: RunConfig, split: str) -> list:
-    """The JSONL files of the 'train' or 'eval' split of the configured task."""
-    data = cfg.data
-    if split == "eval" and data.eval_files:
-        return _files(data.eval_files, "DataConfig.eval_files")
-    if data.mixture_or_task_name == "stdlib":
-        data_dir = _data_dir(cfg)
-        paths = stdlib_corpus.build_stdlib_corpus(stdlib_corpus.stdlib_corpus_dir(data_dir))
-        return [paths["train" if split == "train" else "validation"]]
-    if split == "eval":
-        raise ValueError(f"MIXTURE_OR_TASK_NAME = {data.mixture_or_task_name!r} is a JSONL "
-                         "task: set DataConfig.eval_files to its held-out JSONL path/glob")
-    return _files(data.mixture_or_task_name, "MIXTURE_OR_TASK_NAME")
 
 
 def _data_dir(cfg: RunConfig) -> pathlib.Path:
@@ -58,12 +43,71 @@ def _data_dir(cfg: RunConfig) -> pathlib.Path:
             else stdlib_corpus.default_data_dir())
 
 
-def packed_rows(cfg: RunConfig, tokenizer: Tokenizer, split: str) -> dict[str, np.ndarray]:
-    """Packed [N, L] features of one split ('train' rows shuffled, 'eval' rows in order)."""
-    return pipeline.prepare_packed_rows(
-        jsonl_paths=split_files(cfg, split), tokenizer=tokenizer, length=cfg.data.seq_len,
-        text_field=cfg.data.text_field, cache_dir=_data_dir(cfg) / "cache",
-        seed=cfg.data.seed if split == "train" else None)
+def resolve_tasks(cfg: RunConfig) -> tuple[list[TaskConfig], list[float]]:
+    """The tasks of MIXTURE_OR_TASK_NAME and their mixing rates."""
+    data = cfg.data
+    name = data.mixture_or_task_name
+    by_name = {"stdlib": TaskConfig()} | {t.name: t for t in data.tasks}
+    if name in data.mixtures:
+        rates = data.mixtures[name]
+        return [by_name[t] for t in rates], list(rates.values())
+    if name in by_name:
+        return [by_name[name]], [1.0]
+    if any(c in name for c in "/.*") or name.startswith("tfds:"):
+        digest = hashlib.sha256(f"{name}|{data.eval_files}|{data.text_field}".encode()).hexdigest()
+        return [TaskConfig(name=f"source-{digest[:12]}", train_source=name,
+                           eval_source=data.eval_files, text_field=data.text_field)], [1.0]
+    raise ValueError(f"MIXTURE_OR_TASK_NAME = {name!r} is neither a task "
+                     f"({sorted(by_name)}), a mixture ({sorted(data.mixtures)}) nor a source "
+                     "path/glob or 'tfds:NAME:SPLIT'")
+
+
+def source_spec(cfg: RunConfig, task: TaskConfig, split: str) -> str:
+    """The source spec of one split of a task ('' when the task has no such split)."""
+    spec = task.train_source if split == "train" else task.eval_source
+    if split == "eval" and not spec and task.train_source == "stdlib":
+        spec = "stdlib"
+    if spec == "stdlib":
+        paths = stdlib_corpus.build_stdlib_corpus(stdlib_corpus.stdlib_corpus_dir(_data_dir(cfg)))
+        return str(paths["train" if split == "train" else "validation"])
+    return spec
+
+
+def prepare_task(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer,
+                 progress: bool = False) -> pathlib.Path:
+    """Prepare (or reuse) one split of a task; return its directory."""
+    spec = source_spec(cfg, task, split)
+    out = _data_dir(cfg) / "prepared" / task.name / split
+    options = prepared.PrepareOptions(
+        text_field=task.text_field, metadata_fields=task.metadata_fields,
+        score_field=task.score_field if split == "train" else "",
+        num_workers=cfg.data.prepare_workers, progress=progress, data_dir=str(_data_dir(cfg)))
+    if jax.process_count() > 1:
+        manifest = prepared.read_manifest(out)
+        if manifest is None or manifest.get("source") != spec:
+            raise FileNotFoundError(
+                f"{out} is not prepared for {spec!r}; in a multi-process run prepare first, "
+                "once: `t5x-like prepare` with the same gin flags")
+        return out
+    prepared.prepare(spec, out, tokenizer, options)
+    return out
+
+
+def _plan_options(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer):
+    train = split == "train"
+    return pipeline.PlanOptions(
+        length=cfg.data.seq_len, packer=cfg.data.packer,
+        window=cfg.data.pack_window if train else 0, seed=cfg.data.seed if train else None,
+        bos=tokenizer.bos_id >= 0,
+        score_temperature=task.score_temperature if (train and task.score_field) else 0.0)
+
+
+def task_rows(cfg: RunConfig, task: TaskConfig, split: str,
+              tokenizer: Tokenizer) -> pipeline.CausalLMRows:
+    """The packed rows of one split of a task (prepared and planned on first use)."""
+    path = prepare_task(cfg, task, split, tokenizer)
+    return pipeline.open_task(path, _plan_options(cfg, task, split, tokenizer),
+                              tokenizer.bos_id, tokenizer.eos_id)
 
 
 def _checked_tokenizer(cfg: RunConfig) -> Tokenizer:
@@ -81,14 +125,69 @@ def _shard_args(cfg: RunConfig) -> dict:
 
 def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None
                        ) -> list[dict[str, np.ndarray]]:
-    """This process's share of the fixed eval batches (the train split is not touched)."""
-    rows = packed_rows(cfg, tokenizer or _checked_tokenizer(cfg), "eval")
-    return pipeline.eval_batches(rows, max_batches=cfg.train.eval_batches, **_shard_args(cfg))
+    """This process's share of the fixed eval batches of every task that has an eval split."""
+    tokenizer = tokenizer or _checked_tokenizer(cfg)
+    tasks, _ = resolve_tasks(cfg)
+    with_eval = [t for t in tasks if source_spec(cfg, t, "eval")]
+    if not with_eval:
+        raise ValueError(f"no task of {cfg.data.mixture_or_task_name!r} has an eval split: set "
+                         "TaskConfig.eval_source (or DataConfig.eval_files for a source path)")
+    batches = []
+    for task in with_eval:
+        rows = task_rows(cfg, task, "eval", tokenizer)
+        batches += pipeline.eval_batches(rows, max_batches=cfg.train.eval_batches,
+                                         **_shard_args(cfg))
+    return batches
+
+
+def prepare_all(cfg: RunConfig, progress: bool = True) -> list[dict]:
+    """Prepare and plan every split of every task of the run (`t5x-like prepare`)."""
+    tokenizer = _checked_tokenizer(cfg)
+    tasks, _ = resolve_tasks(cfg)
+    summaries = []
+    for task in tasks:
+        for split in SPLITS:
+            if not source_spec(cfg, task, split):
+                continue
+            path = prepare_task(cfg, task, split, tokenizer, progress=progress)
+            rows = pipeline.open_task(path, _plan_options(cfg, task, split, tokenizer),
+                                      tokenizer.bos_id, tokenizer.eos_id)
+            manifest = prepared.read_manifest(path)
+            summaries.append({
+                "task": task.name, "split": split, "path": str(path),
+                "documents": manifest["documents"], "tokens": manifest["tokens"],
+                "records_read": manifest["records_read"], "skipped": manifest["skipped"],
+                "rows": rows.num_rows, "fill_pct": round(100 * rows.plan.fill, 4),
+                "truncated_docs": rows.plan.num_truncated_docs})
+    return summaries
+
+
+def _streaming_iterator(cfg: RunConfig, tasks: list[TaskConfig], tokenizer: Tokenizer):
+    from t5x_like.data.streaming import StreamingPackedIterator
+    if len(tasks) != 1:
+        raise ValueError(f"DataConfig.streaming reads one task; {cfg.data.mixture_or_task_name!r}"
+                         f" mixes {[t.name for t in tasks]}: prepare them (streaming=False)")
+    if tasks[0].score_field:
+        raise ValueError(f"task {tasks[0].name!r} samples by {tasks[0].score_field!r}, which "
+                         "needs every score up front: prepare it (streaming=False)")
+    shard = _shard_args(cfg)
+    return StreamingPackedIterator(
+        source_spec(cfg, tasks[0], "train"), tokenizer, length=cfg.data.seq_len,
+        window=cfg.data.pack_window, batch_size=cfg.train.batch_size // shard["process_count"],
+        seed=cfg.data.seed, text_field=tasks[0].text_field, packer=cfg.data.packer,
+        process_index=shard["process_index"], process_count=shard["process_count"],
+        data_dir=str(_data_dir(cfg)))
 
 
 def build_inputs(cfg: RunConfig) -> tuple[Tokenizer, Inputs]:
     """Tokenizer and this process's share of the train/eval batches."""
     tokenizer = _checked_tokenizer(cfg)
-    train_iter = pipeline.make_train_iterator(packed_rows(cfg, tokenizer, "train"),
-                                              seed=cfg.data.seed, **_shard_args(cfg))
-    return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer))
+    tasks, rates = resolve_tasks(cfg)
+    if cfg.data.streaming:
+        train_iter = _streaming_iterator(cfg, tasks, tokenizer)
+    else:
+        rows = [task_rows(cfg, t, "train", tokenizer) for t in tasks]
+        train_iter = pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
+                                                  **_shard_args(cfg))
+    return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer),
+                             tuple(t.name for t in tasks))

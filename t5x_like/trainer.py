@@ -100,6 +100,34 @@ def evaluate(eval_step, params, batches, partitioner: Partitioner) -> dict[str, 
     return step_lib.eval_metrics(total)
 
 
+def split_batch(batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(model features, bookkeeping): keys starting with '_' never reach the device."""
+    model = {k: v for k, v in batch.items() if not k.startswith("_")}
+    return model, {k: v for k, v in batch.items() if k.startswith("_")}
+
+
+class SourceTokens:
+    """Trained-on tokens per task of a mixture, summed over processes when logged."""
+
+    def __init__(self, task_names: tuple[str, ...]):
+        self.names = task_names
+        self.counts_T = np.zeros(len(task_names), np.int64)
+
+    def add(self, batch: dict[str, np.ndarray], extras: dict[str, np.ndarray]) -> None:
+        """Count this process's loss-bearing tokens of `batch` by the task of each row."""
+        if "_source" in extras:
+            per_row = batch["decoder_loss_weights"].sum(axis=1)
+            np.add.at(self.counts_T, extras["_source"], per_row)
+
+    def metrics(self) -> dict[str, float]:
+        """{'tokens/<task>': global count so far} (a collective: call on every process)."""
+        counts = self.counts_T
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
+        return {f"tokens/{n}": float(c) for n, c in zip(self.names, counts)}
+
+
 class StepReporter:
     """Turns step metrics (device arrays) into log rows; raises on a non-finite loss."""
 
@@ -113,7 +141,7 @@ class StepReporter:
         self._last_time, self._steps_since = time.perf_counter(), 0
         self.rows: list[dict[str, Any]] = []
 
-    def __call__(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    def __call__(self, step: int, metrics: dict[str, jax.Array], extra=None) -> None:
         host = jax.device_get(metrics)  # blocks on this step only; the next one is queued
         if not bool(host.pop("finite")):
             raise NonFiniteLossError(
@@ -132,6 +160,8 @@ class StepReporter:
         self._last_time, self._steps_since = now, 0
         host.update(tokens_per_second=tokens_per_second,
                     mfu=tokens_per_second * self.flops_per_token / self.peak_total)
+        if extra is not None:
+            host.update(extra())
         row = self.writer.write(step, host)
         self.rows.append(row)
         log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in row.items()
@@ -217,7 +247,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
         _truncate_metrics(tc.model_dir, start)
 
     # ---------------------------------------------------------------- compile ahead of time
-    first_batch = next(inputs.train_iter)
+    first_batch, first_extras = split_batch(next(inputs.train_iter))
     train_step = compile_train_step(cfg, layout, partitioner, tx, schedule, first_batch)
     eval_step = compile_eval_step(layout.graphdef, state["params"], partitioner,
                                   inputs.eval_batches[0], tc.batch_size)
@@ -231,13 +261,15 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
     if start == 0:
         reporter.log_eval(0, evaluate(eval_step, state["params"], inputs.eval_batches,
                                       partitioner))
-    pending, batch = None, first_batch
+    sources = SourceTokens(inputs.task_names)
+    pending, (batch, extras) = None, (first_batch, first_extras)
     try:
         for step in range(start + 1, tc.train_steps + 1):
             state, metrics = train_step(state, partitioner.global_batch(batch))
+            sources.add(batch, extras)
             if pending is not None:
                 reporter(*pending)  # step N-1's metrics, read while step N runs
-            pending = (step, metrics)
+            pending = (step, metrics, sources.metrics)
             last = step == tc.train_steps
             eval_due = last or (tc.eval_every and step % tc.eval_every == 0)
             if eval_due or last or step % tc.checkpoint_every == 0:
@@ -249,7 +281,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
                 checkpointer.save(step, state, inputs.train_iter, cfg.model.to_dict(),
                                   force=last)
             if not last:
-                batch = next(inputs.train_iter)
+                batch, extras = split_batch(next(inputs.train_iter))
     finally:
         checkpointer.close()
         writer.close()

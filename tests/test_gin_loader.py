@@ -48,3 +48,19 @@ def test_operative_config_round_trips(tmp_path):
     gin_loader.write_operative_config(str(tmp_path))
     again = gin_loader.load_model_dir_config(str(tmp_path))
     assert again == cfg
+
+
+def test_mixture_config_declares_tasks_and_rates():
+    cfg = gin_loader.load_run_config(["runs/mixture.gin"])
+    assert [t.name for t in cfg.data.tasks] == ["code", "code_tfds"]
+    assert cfg.data.tasks[0].metadata_fields == ("module", "url")
+    assert cfg.data.tasks[1].eval_source == "tfds:t5x_like_stdlib:validation"
+    assert cfg.data.mixtures == {"code_mixture": {"code": 0.75, "code_tfds": 0.25}}
+    assert cfg.data.mixture_or_task_name == "code_mixture" and cfg.data.packer == "best_fit"
+
+
+def test_includes_resolve_with_a_runs_directory_in_the_working_directory(tmp_path, monkeypatch):
+    # `t5x-like train` creates runs/default; gin used to crash on 'runs/...' includes after that.
+    (tmp_path / "runs" / "default").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert gin_loader.load_run_config(["runs/eval.gin"]).train.eval_batches == 64

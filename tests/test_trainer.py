@@ -30,7 +30,7 @@ def _cfg(model_dir, steps=6, **train):
 
 
 def _inputs():
-    return Inputs(pipeline.make_train_iterator(ROWS, global_batch_size=8, seed=0),
+    return Inputs(pipeline.make_train_iterator([pipeline.ArrayRows(ROWS)], global_batch_size=8, seed=0),
                   pipeline.eval_batches(ROWS, global_batch_size=8, max_batches=2))
 
 
@@ -114,3 +114,13 @@ def test_adafactor_trains_on_a_sharded_mesh(tmp_path):
                                                                  learning_rate=1e-2))
     losses = _losses(trainer.train(cfg, _inputs(), partitioner=_partitioner((2, 2, 2))))
     assert losses[6] < losses[1]
+
+
+def test_resume_with_another_process_count_is_refused(reference, tmp_path):
+    import shutil
+    model_dir = tmp_path / "copy"
+    shutil.copytree(reference[0], model_dir)
+    for f in model_dir.glob("checkpoints/*/data_iter/process_0-of-1.json"):
+        f.rename(f.with_name("process_0-of-2.json"))
+    with pytest.raises(CheckpointMismatchError, match="data iterator state of 2 process"):
+        trainer.train(_cfg(model_dir, steps=8), _inputs(), partitioner=_partitioner((1, 1, 1)))

@@ -1,11 +1,17 @@
-"""Data path: corpus, tokenizer, JSONL reading, packing and grain pipelines.
+"""Data path: sources, tokenizer, prepared shards, packing and grain pipelines.
 
 Modules (import them directly; this package imports nothing eagerly so that
 ``t5x_like.data.jsonl`` does not pull in grain):
 
-* ``stdlib_corpus``: the embedded default corpus (the interpreter's stdlib).
-* ``tokenizer``: SentencePiece training and the ``Tokenizer`` wrapper.
-* ``jsonl``: robust JSON-lines reading with per-reason skip counts.
-* ``packing``: best-fit-decreasing sequence packing.
-* ``pipeline``: packed-row caching, grain training iterator, eval batches.
+* ``stdlib_corpus``, ``stdlib_tfds``: the embedded default corpus (the interpreter's stdlib),
+  as JSONL and as a TFDS dataset built without TensorFlow.
+* ``jsonl``, ``sources``, ``source_formats``: documents from JSONL (plain/.gz/.zst), text,
+  Parquet, ArrayRecord and TFDS, with every skipped record counted by reason.
+* ``tokenizer``, ``tokenizer_training``, ``tokenizer_cli``: SentencePiece with reserved
+  sentinel and mode-token ids; ``t5x-like tokenizer``.
+* ``prepared``: a corpus tokenized once into ArrayRecord shards, read by index.
+* ``packing``, ``packing_kernels``: optimized best-fit-decreasing (numba segment tree),
+  baselines, 2-D packing, packing plans.
+* ``pipeline``: packed rows from plans, task mixtures, resumable grain iterators, eval batches.
+* ``streaming``: windowed packing of sources read on the fly, with O(1) resume state.
 """

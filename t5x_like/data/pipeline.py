@@ -1,28 +1,30 @@
-"""Training and evaluation input pipelines over packed, pre-tokenized rows.
+"""Packed training batches from prepared data: plans, row assembly, mixtures, resumable iterators.
 
-Text is tokenized and packed once (:func:`prepare_packed_rows`, cached as an
-``.npz``), then served from memory: a grain pipeline with exact, checkpointable
-resume for training (:func:`make_train_iterator`) and a deterministic, padded
-list of batches for evaluation (:func:`eval_batches`).
+Offline packing (the default): the lengths of a prepared dataset are packed once into a
+:class:`~t5x_like.data.packing.PackPlan`, stored next to the data; at train time a row is built by
+reading its pieces by index. The grain pipeline over row indices shards rows across processes,
+shuffles them from a seed, reshuffles every epoch, mixes tasks at fixed rates and batches; its
+state (a few integers per task) goes into the checkpoint and restores exactly.
 
 Batch features, all int32 ``[batch, length]``: ``decoder_input_tokens``,
 ``decoder_target_tokens``, ``decoder_segment_ids``, ``decoder_positions``,
-``decoder_loss_weights`` (0 on padding).
+``decoder_loss_weights`` (0 on padding); plus ``_source`` ``[batch]``, the task index of each row
+(keys starting with ``_`` are bookkeeping that never reaches the model).
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import os
 import pathlib
-import time
 from typing import Sequence
 
 import grain
 import numpy as np
 
-from t5x_like.data import jsonl, packing, stdlib_corpus, tokenizer as tokenizer_lib
+from t5x_like.data import packing
+from t5x_like.data.prepared import PreparedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -33,140 +35,176 @@ FEATURES = (
     "decoder_positions",
     "decoder_loss_weights",
 )
-# Documents per encode_batch call: large enough for SentencePiece's thread
-# pool to pay off, small enough to bound peak memory on big corpora.
-_ENCODE_CHUNK = 256
-# Bump when the packed layout changes, so stale caches are not reused.
-_CACHE_VERSION = 1
+SOURCE_KEY = "_source"
+_PLAN_VERSION = 1
 
 
-def _cache_key(texts, jsonl_paths, tok: tokenizer_lib.Tokenizer, length: int, extra: str) -> str:
-    """Content hash of everything that determines the packed rows."""
-    h = hashlib.sha256(f"v{_CACHE_VERSION}|{extra}".encode())
-    if jsonl_paths is not None:
-        for path in jsonl_paths:
-            manifest = pathlib.Path(path).parent / "manifest.json"
-            # The manifest of a generated corpus identifies its content cheaply;
-            # hash it together with the file itself to stay safe for other files.
-            if manifest.is_file():
-                h.update(manifest.read_bytes())
-            h.update(pathlib.Path(path).read_bytes())
-    else:
-        for text in texts:
-            h.update(text.encode("utf-8"))
-            h.update(b"\0")
-    return f"{h.hexdigest()[:12]}_tok{tok.file_hash()[:8]}_L{length}"
+@dataclasses.dataclass(frozen=True)
+class PlanOptions:
+    """How documents become packed rows."""
+
+    length: int
+    packer: str = "best_fit"  # best_fit | first_fit | concat
+    window: int = 0  # pieces packed together; 0 = the whole dataset at once
+    seed: int | None = 0  # row order (and document sampling); None = unshuffled (eval)
+    bos: bool = True  # causal LM examples are [bos] + ids + [eos]
+    score_temperature: float = 0.0  # > 0: sample documents with softmax(score / temperature)
 
 
-def _load_texts(texts, jsonl_paths, text_field: str, max_documents: int | None) -> list[str]:
-    """Materialize documents from exactly one of ``texts`` / ``jsonl_paths``."""
-    if (texts is None) == (jsonl_paths is None):
-        raise ValueError("pass exactly one of texts= or jsonl_paths=")
-    if texts is None:
-        stats = jsonl.ReadStats()
-        texts = [r[text_field] for p in jsonl_paths for r in jsonl.read_jsonl(p, text_field, stats)]
-        if stats.total_skipped:
-            logger.warning("Skipped %d malformed lines in %s: %s", stats.total_skipped, jsonl_paths, dict(stats.skipped))
-    texts = [t for t in texts if t]
-    return texts[:max_documents] if max_documents is not None else texts
+def _sampled_documents(dataset: PreparedDataset, temperature: float, seed: int) -> np.ndarray:
+    """Quality-weighted data selection (QuRating): draw documents with softmax(score / T).
 
-
-def _tokenize_and_pack(texts: list[str], tok: tokenizer_lib.Tokenizer, length: int, seed: int | None,
-                       source: str):
-    """Tokenize, build decoder-only pieces, pack; return rows and summary stats."""
-    pieces: list[dict[str, np.ndarray]] = []
-    num_tokens = num_split = 0
-    for start in range(0, len(texts), _ENCODE_CHUNK):
-        for ids in tok.encode_batch(texts[start : start + _ENCODE_CHUNK]):
-            doc_pieces = packing.decoder_only_pieces(ids, length, tok.bos_id, tok.eos_id)
-            num_tokens += sum(len(p["decoder_input_tokens"]) for p in doc_pieces)
-            num_split += len(doc_pieces) > 1
-            pieces.extend(doc_pieces)
-    if not pieces:
-        raise ValueError(
-            f"no usable document in {source}: {len(texts)} documents yielded no tokens (skipped "
-            "records are logged with file:line and reason)"
-        )
-    packed = packing.pack_pieces(pieces, length, seed=seed)
-    rows = {
-        "decoder_input_tokens": packed["decoder_input_tokens"],
-        "decoder_target_tokens": packed["decoder_target_tokens"],
-        "decoder_segment_ids": packed["segment_ids"],
-        "decoder_positions": packed["positions"],
-        "decoder_loss_weights": packed["decoder_loss_weights"],
-    }
-    num_rows = rows["decoder_input_tokens"].shape[0]
-    summary = dict(
-        documents=len(texts), tokens=num_tokens, pieces=len(pieces), rows=num_rows,
-        fill_percent=round(100.0 * num_tokens / (num_rows * length), 2), documents_split=num_split,
-    )
-    return rows, summary
-
-
-def prepare_packed_rows(
-    *,
-    tokenizer: tokenizer_lib.Tokenizer,
-    length: int,
-    texts: Sequence[str] | None = None,
-    jsonl_paths: Sequence[str | os.PathLike] | None = None,
-    text_field: str = "text",
-    cache_dir: str | os.PathLike | None = None,
-    max_documents: int | None = None,
-    seed: int | None = 0,
-) -> dict[str, np.ndarray]:
-    """Tokenize documents and pack them into int32 ``[rows, length]`` features.
-
-    Documents come from exactly one of ``texts`` or ``jsonl_paths`` (bad JSONL
-    lines are skipped and counted). Each becomes ``[bos] + ids + [eos]`` for
-    next-token prediction, cut into ``length`` pieces and packed. With
-    ``cache_dir`` the result is stored as
-    ``packed_<corpus hash>_tok<tokenizer hash>_L<length>.npz`` and reloaded on
-    later calls with the same inputs.
+    As many draws as there are documents, with replacement, so an epoch keeps its size while
+    high-scoring documents repeat and low-scoring ones drop out.
     """
-    if length < 2:
-        raise ValueError(f"length must be >= 2, got {length}")
-    cache_file = None
-    if cache_dir is not None:
-        if jsonl_paths is not None:
-            jsonl_paths = [pathlib.Path(p) for p in jsonl_paths]
-        key = _cache_key(texts, jsonl_paths, tokenizer, length, f"{text_field}|{max_documents}|{seed}")
-        cache_file = pathlib.Path(cache_dir) / f"packed_{key}.npz"
-        if cache_file.is_file():
-            with np.load(cache_file) as data:
-                rows = {k: data[k] for k in FEATURES}
-            logger.info("Loaded %d packed rows from %s", len(rows[FEATURES[0]]), cache_file)
-            return rows
-    start = time.perf_counter()
-    docs = _load_texts(texts, jsonl_paths, text_field, max_documents)
-    source = [str(p) for p in jsonl_paths] if jsonl_paths is not None else "the given texts"
-    rows, summary = _tokenize_and_pack(docs, tokenizer, length, seed, source)
-    logger.info("Packed rows in %.1fs: %s", time.perf_counter() - start, summary)
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.savez(f, **rows)
-        os.replace(tmp, cache_file)
-    return rows
+    logits_D = dataset.scores().astype(np.float64) / temperature
+    probs_D = np.exp(logits_D - logits_D.max())
+    probs_D /= probs_D.sum()
+    rng = np.random.default_rng([seed, 0x5C0E])
+    return np.sort(rng.choice(len(probs_D), size=len(probs_D), p=probs_D))
 
 
-class _GatherRows:
-    """Map a batch of row indices to a feature dict (picklable, for grain workers)."""
+def load_or_build_plan(dataset: PreparedDataset, opts: PlanOptions) -> packing.PackPlan:
+    """The packing plan of ``dataset`` under ``opts``, built once and stored under ``plans/``.
+
+    Pieces index documents of the dataset directly (``piece_doc_P``), even when documents were
+    sampled by score, so assembling a row needs nothing but the plan.
+    """
+    temp = f"_T{opts.score_temperature:g}" if opts.score_temperature > 0 else ""
+    name = (f"causal_v{_PLAN_VERSION}_L{opts.length}_{opts.packer}_w{opts.window}_s{opts.seed}"
+            f"_bos{int(opts.bos)}{temp}.npz")
+    path = dataset.path / "plans" / name
+    if path.is_file():
+        return packing.PackPlan.load(path)
+    docs_D = np.arange(dataset.num_documents)
+    if opts.score_temperature > 0:
+        docs_D = _sampled_documents(dataset, opts.score_temperature, opts.seed or 0)
+    # [bos] + ids + [eos] gives len(ids) + 1 (input, target) pairs; without BOS, len(ids).
+    example_lengths_D = dataset.lengths_D[docs_D] + int(opts.bos)
+    plan = packing.plan_packing(example_lengths_D, opts.length, packer=opts.packer,
+                                window=opts.window, seed=opts.seed)
+    plan = dataclasses.replace(plan, piece_doc_P=docs_D[plan.piece_doc_P])
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    plan.save(tmp)
+    os.replace(tmp, path)
+    logger.info("Packing plan %s: %d rows, fill %.3f%%, %d documents cut", path, plan.num_rows,
+                100 * plan.fill, plan.num_truncated_docs)
+    return plan
+
+
+class CausalLMRows:
+    """Assembles packed next-token-prediction rows of one task (picklable, for grain workers)."""
+
+    def __init__(self, docs, plan: packing.PackPlan, bos_id: int, eos_id: int):
+        """Rows of ``plan`` over ``docs``: a prepared dataset's path (opened lazily, so the
+        object pickles small for grain workers) or any store with ``lengths_D`` and ``pieces``
+        (e.g. :class:`InMemoryDocs`). ``bos_id`` < 0 means no BOS."""
+        self._path = str(docs) if isinstance(docs, (str, os.PathLike)) else None
+        self._docs = None if self._path else docs
+        self.plan = plan
+        self.bos_id, self.eos_id = bos_id, eos_id
+
+    def __getstate__(self):
+        return self.__dict__ | ({"_docs": None} if self._path else {})  # readers reopen per worker
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the plan."""
+        return self.plan.num_rows
+
+    def _pieces(self, rows_B: np.ndarray):
+        """(row position, offset, piece) for every piece of the given rows, plus their tokens."""
+        plan = self.plan
+        lo_B, hi_B = plan.row_ptr_R1[rows_B], plan.row_ptr_R1[rows_B + 1]
+        pieces_P = np.concatenate([plan.row_pieces_P[a:b] for a, b in zip(lo_B, hi_B)])
+        row_of_P = np.repeat(np.arange(len(rows_B)), hi_B - lo_B)
+        len_P = plan.piece_len_P[pieces_P].astype(np.int64)
+        start_P = plan.piece_start_P[pieces_P]
+        doc_P = plan.piece_doc_P[pieces_P]
+        if self._docs is None:
+            self._docs = PreparedDataset(self._path)
+        n_P = self._docs.lengths_D[doc_P]
+        b = int(self.bos_id >= 0)
+        # The piece covers sequence positions [start, start + len] of [bos] + ids + [eos];
+        # read only the ids inside that window.
+        id_lo_P = np.maximum(0, start_P - b)
+        id_hi_P = np.minimum(n_P, start_P + len_P + 1 - b)
+        ids = self._docs.pieces(doc_P, id_lo_P, np.maximum(id_hi_P - id_lo_P, 0))
+        return row_of_P, len_P, start_P, n_P, ids
+
+    def __call__(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
+        """Features of rows ``rows_B`` as ``[len(rows_B), length]`` int32 arrays."""
+        rows_B = np.asarray(rows_B, np.int64)
+        length = self.plan.length
+        out = {k: np.zeros((len(rows_B), length), np.int32) for k in FEATURES}
+        row_of_P, len_P, start_P, n_P, ids = self._pieces(rows_B)
+        b = int(self.bos_id >= 0)
+        fill_B = np.zeros(len(rows_B), np.int64)
+        segment_B = np.zeros(len(rows_B), np.int64)
+        for r, n_tok, start, n, piece_ids in zip(row_of_P, len_P, start_P, n_P, ids):
+            head = [self.bos_id] if (b and start == 0) else []
+            tail = [self.eos_id] if start + n_tok + 1 > n + b else []
+            seq = np.concatenate([np.asarray(head, np.int32), piece_ids.astype(np.int32),
+                                  np.asarray(tail, np.int32)])
+            o = fill_B[r]
+            segment_B[r] += 1
+            out["decoder_input_tokens"][r, o : o + n_tok] = seq[:-1]
+            out["decoder_target_tokens"][r, o : o + n_tok] = seq[1:]
+            out["decoder_segment_ids"][r, o : o + n_tok] = segment_B[r]
+            out["decoder_positions"][r, o : o + n_tok] = np.arange(n_tok)
+            out["decoder_loss_weights"][r, o : o + n_tok] = 1
+            fill_B[r] += n_tok
+        return out
+
+
+class InMemoryDocs:
+    """Token arrays held in memory, with the document-store interface of PreparedDataset."""
+
+    def __init__(self, tokens: Sequence[np.ndarray]):
+        """Wrap one 1-D token array per document."""
+        self.tokens = list(tokens)
+        self.lengths_D = np.array([len(t) for t in self.tokens], np.int64)
+
+    def pieces(self, docs_P, starts_P, lens_P) -> list[np.ndarray]:
+        """Tokens ``[start, start + len)`` of each document."""
+        return [self.tokens[d][s : s + n] for d, s, n in zip(docs_P, starts_P, lens_P)]
+
+
+class ArrayRows:
+    """Rows already in memory (a dict of ``[N, L]`` arrays), with the row-source interface."""
 
     def __init__(self, rows: dict[str, np.ndarray]):
-        self.rows = rows
+        """Wrap ``rows``; every feature must have the same number of rows."""
+        counts = {k: v.shape[0] for k, v in rows.items()}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"features have different row counts: {counts}")
+        self.rows, self.num_rows = rows, next(iter(counts.values()))
 
-    def __call__(self, indices_B: np.ndarray) -> dict[str, np.ndarray]:
-        """Gather rows ``indices_B`` of every feature."""
-        return {k: v[indices_B] for k, v in self.rows.items()}
+    def __call__(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
+        """Gather rows ``rows_B`` of every feature."""
+        return {k: v[np.asarray(rows_B, np.int64)] for k, v in self.rows.items()}
 
 
-def _num_rows(rows: dict[str, np.ndarray]) -> int:
-    """Row count shared by all features; raise if they disagree."""
-    counts = {k: v.shape[0] for k, v in rows.items()}
-    if len(set(counts.values())) != 1:
-        raise ValueError(f"features have different row counts: {counts}")
-    return next(iter(counts.values()))
+class _MixedBatch:
+    """Turns a batch of (task, row) pairs into features plus each row's task (picklable)."""
+
+    def __init__(self, tasks: Sequence[CausalLMRows | ArrayRows]):
+        self.tasks = list(tasks)
+
+    def __call__(self, pairs_Bx2: np.ndarray) -> dict[str, np.ndarray]:
+        """Assemble the rows task by task, then put them back in batch order."""
+        pairs_Bx2 = np.asarray(pairs_Bx2, np.int64).reshape(-1, 2)
+        out: dict[str, np.ndarray] = {}
+        for t, task in enumerate(self.tasks):
+            sel = np.nonzero(pairs_Bx2[:, 0] == t)[0]
+            if not len(sel):
+                continue
+            feats = task(pairs_Bx2[sel, 1])
+            for k, v in feats.items():
+                out.setdefault(k, np.zeros((len(pairs_Bx2),) + v.shape[1:], v.dtype))[sel] = v
+        out[SOURCE_KEY] = pairs_Bx2[:, 0].astype(np.int32)
+        return out
 
 
 def _per_process_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -181,43 +219,46 @@ def _per_process_batch(global_batch_size: int, process_index: int, process_count
     return global_batch_size // process_count
 
 
+def _tag(task_index: int):
+    return lambda row: (task_index, int(row))
+
+
 def make_train_iterator(
-    rows: dict[str, np.ndarray],
+    tasks: Sequence[CausalLMRows | ArrayRows],
     *,
     global_batch_size: int,
     seed: int,
+    rates: Sequence[float] | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    prefetch: int = 2,
 ) -> grain.DatasetIterator:
-    """Infinite, reshuffled-every-epoch iterator of this process's training batches.
+    """Infinite iterator of this process's training batches, mixing ``tasks`` at ``rates``.
 
-    Each process sees the rows ``[process_index::process_count]``, shuffled with
-    ``seed`` and a fresh permutation every epoch (grain reseeds the shuffle per
-    epoch when it comes before ``repeat``). Batches are
-    ``global_batch_size // process_count`` rows and may straddle epochs. The
-    returned iterator supports ``get_state()`` / ``set_state()`` for exact
-    resume and is checkpointable with ``grain.checkpoint.CheckpointSave``.
+    Each task's rows are split ``[process_index::process_count]``, shuffled with a per-task seed
+    and reshuffled every epoch; tasks are then interleaved deterministically in proportion to
+    ``rates`` (grain's mix: exact proportions, no sampling noise) and batched
+    (``global_batch_size // process_count`` rows). ``get_state()``/``set_state()`` resume exactly;
+    the iterator is checkpointable with ``grain.checkpoint.CheckpointSave``.
     """
     batch_size = _per_process_batch(global_batch_size, process_index, process_count)
-    num_rows = _num_rows(rows)
-    if num_rows < process_count:
-        raise ValueError(f"only {num_rows} rows for {process_count} processes; need at least one row per process")
-    ds = (
-        grain.MapDataset.source(np.arange(num_rows))[process_index::process_count]
-        .seed(seed)
-        .shuffle()
-        .repeat(None)
-        # Batch the indices, then gather all rows of a batch with one fancy
-        # index per feature: much cheaper than per-row dicts plus a stack.
-        .batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
-        .map(_GatherRows(rows))
-    )
-    # Rows are in memory; grain recommends no reader threads for that case.
-    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+    rates = list(rates) if rates is not None else [1.0] * len(tasks)
+    if len(rates) != len(tasks) or not all(r > 0 for r in rates):
+        raise ValueError(f"rates {rates} must be positive, one per task ({len(tasks)} tasks)")
+    streams = []
+    for t, task in enumerate(tasks):
+        if task.num_rows < process_count:
+            raise ValueError(f"task {t} has only {task.num_rows} rows for {process_count} processes")
+        streams.append(grain.MapDataset.source(np.arange(task.num_rows))[process_index::process_count]
+                       .seed(seed + 1000 * t).shuffle().repeat(None).map(_tag(t)))
+    mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, rates)
+    ds = mixed.batch(batch_size, drop_remainder=True, batch_fn=np.asarray).map(_MixedBatch(tasks))
+    read = grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=2 * prefetch)
+    return iter(ds.to_iter_dataset(read))
 
 
 def eval_batches(
-    rows: dict[str, np.ndarray],
+    rows,
     *,
     global_batch_size: int,
     process_index: int = 0,
@@ -226,43 +267,31 @@ def eval_batches(
 ) -> list[dict[str, np.ndarray]]:
     """Deterministic evaluation batches (no shuffle) for this process.
 
+    ``rows`` is a row source (:class:`CausalLMRows`, :class:`ArrayRows`) or a dict of arrays.
     Rows are padded with all-zero rows (loss weight 0) up to a multiple of
-    ``global_batch_size``, so every process gets the same number of batches and
-    every real row is counted exactly once across processes. Global batch ``b``
-    is rows ``[b*G, (b+1)*G)``; process ``p`` takes its contiguous share.
+    ``global_batch_size``, so every process gets the same number of batches and every real row
+    is counted exactly once across processes. Global batch ``b`` is rows ``[b*G, (b+1)*G)``;
+    process ``p`` takes its contiguous share.
     """
     batch_size = _per_process_batch(global_batch_size, process_index, process_count)
-    num_rows = _num_rows(rows)
+    rows = ArrayRows(rows) if isinstance(rows, dict) else rows
+    num_rows = rows.num_rows
     num_batches = -(-num_rows // global_batch_size)
     if max_batches is not None:
         num_batches = min(num_batches, max_batches)
     batches = []
     for b in range(num_batches):
         lo = b * global_batch_size + process_index * batch_size
-        batch = {}
-        for k, v in rows.items():
-            chunk = v[lo : lo + batch_size]
-            pad = np.zeros((batch_size - len(chunk),) + v.shape[1:], dtype=v.dtype)
-            batch[k] = np.concatenate([chunk, pad]) if len(pad) else chunk
-        batches.append(batch)
+        idx = np.arange(lo, min(lo + batch_size, num_rows))
+        chunk = rows(idx)
+        batches.append({k: np.concatenate([v, np.zeros((batch_size - len(idx),) + v.shape[1:], v.dtype)])
+                        for k, v in chunk.items()})
     return batches
 
 
-def stdlib_datasets(
-    data_dir: str | os.PathLike | None, length: int, vocab_size: int = tokenizer_lib.DEFAULT_VOCAB_SIZE
-) -> tuple[tokenizer_lib.Tokenizer, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Default-run data: ``(tokenizer, train_rows, eval_rows)`` from the stdlib corpus.
-
-    Builds (or reuses) ``<data_dir>/stdlib/`` and the cached tokenizer there,
-    and caches packed rows under ``<data_dir>/cache/``. ``data_dir=None`` means
-    :func:`stdlib_corpus.default_data_dir`.
-    """
-    data_dir = pathlib.Path(data_dir) if data_dir is not None else stdlib_corpus.default_data_dir()
-    paths = stdlib_corpus.build_stdlib_corpus(stdlib_corpus.stdlib_corpus_dir(data_dir))
-    tok = tokenizer_lib.default_tokenizer(data_dir, vocab_size=vocab_size)
-    cache_dir = data_dir / "cache"
-    train_rows = prepare_packed_rows(tokenizer=tok, length=length, jsonl_paths=[paths["train"]], cache_dir=cache_dir)
-    eval_rows = prepare_packed_rows(
-        tokenizer=tok, length=length, jsonl_paths=[paths["validation"]], cache_dir=cache_dir, seed=None
-    )
-    return tok, train_rows, eval_rows
+def open_task(dataset_path: str | pathlib.Path, opts: PlanOptions, bos_id: int,
+              eos_id: int) -> CausalLMRows:
+    """A prepared dataset, its plan (built if missing) and the row assembler over them."""
+    dataset = PreparedDataset(dataset_path)
+    plan = load_or_build_plan(dataset, opts)
+    return CausalLMRows(dataset_path, plan, bos_id, eos_id)

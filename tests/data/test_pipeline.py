@@ -1,30 +1,49 @@
-"""Tests for the packed-row input pipeline."""
+"""Tests for packed rows from prepared data: layout, conservation, resume, mixtures, sampling."""
 
 import json
-import time
 
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from t5x_like.data import pipeline
+from t5x_like.data import pipeline, prepared
 
 LENGTH = 128
-NUM_DOCS = 60
+
+
+def _prepare(stdlib_data, tmp_path_factory, name, texts, **opts):
+    d = tmp_path_factory.mktemp(name)
+    src = d / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t, "score": float(i % 4)}) + "\n"
+                           for i, t in enumerate(texts)))
+    prepared.prepare(str(src), d / "prep", stdlib_data.tokenizer,
+                     prepared.PrepareOptions(num_workers=1, progress=False, **opts))
+    return d / "prep"
 
 
 @pytest.fixture(scope="module")
-def docs(stdlib_data):
+def texts(stdlib_data):
     with open(stdlib_data.paths["train"], encoding="utf-8") as f:
-        return [json.loads(line)["text"] for _, line in zip(range(NUM_DOCS), f)]
+        return [json.loads(line)["text"][:3000] for _, line in zip(range(80), f)]
 
 
 @pytest.fixture(scope="module")
-def rows(stdlib_data, docs, tmp_path_factory):
-    return pipeline.prepare_packed_rows(
-        tokenizer=stdlib_data.tokenizer, length=LENGTH, texts=docs, cache_dir=tmp_path_factory.mktemp("cache")
-    )
+def code_path(stdlib_data, texts, tmp_path_factory):
+    return _prepare(stdlib_data, tmp_path_factory, "code", texts, score_field="score")
+
+
+@pytest.fixture(scope="module")
+def prose_path(stdlib_data, tmp_path_factory):
+    rng = np.random.default_rng(1)
+    words = "the of and to in is was for on that with as by at".split()
+    prose = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(5, 400, size=50)]
+    return _prepare(stdlib_data, tmp_path_factory, "prose", prose)
+
+
+def _rows(path, stdlib_data, **opts):
+    tok = stdlib_data.tokenizer
+    return pipeline.open_task(path, pipeline.PlanOptions(length=LENGTH, **opts), tok.bos_id, tok.eos_id)
 
 
 def _take(it, n):
@@ -39,150 +58,120 @@ def _assert_batches_equal(a, b):
             np.testing.assert_array_equal(x[k], y[k])
 
 
-def test_features_are_consistent(rows, docs, stdlib_data):
+@pytest.mark.parametrize("packer,window", [("best_fit", 0), ("best_fit", 7), ("concat", 0)])
+def test_rows_conserve_every_token_in_order(code_path, stdlib_data, packer, window):
     tok = stdlib_data.tokenizer
-    assert set(rows) == set(pipeline.FEATURES)
-    inp, tgt = rows["decoder_input_tokens"], rows["decoder_target_tokens"]
-    seg, pos, w = rows["decoder_segment_ids"], rows["decoder_positions"], rows["decoder_loss_weights"]
-    assert all(v.dtype == np.int32 and v.shape == inp.shape for v in rows.values())
-    assert inp.shape[1] == LENGTH
-    # Loss weights are 0 exactly on padding; padding is all zeros.
+    rows = _rows(code_path, stdlib_data, packer=packer, window=window)
+    out = rows(np.arange(rows.num_rows))
+    inp, tgt = out["decoder_input_tokens"], out["decoder_target_tokens"]
+    seg, pos, w = out["decoder_segment_ids"], out["decoder_positions"], out["decoder_loss_weights"]
     np.testing.assert_array_equal(w, (seg > 0).astype(np.int32))
     assert not (inp[seg == 0].any() or tgt[seg == 0].any() or pos[seg == 0].any())
-    # Within a segment, targets are the inputs shifted by one.
-    same_seg = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
-    np.testing.assert_array_equal(tgt[:, :-1][same_seg], inp[:, 1:][same_seg])
-    np.testing.assert_array_equal(pos[:, 1:][same_seg], pos[:, :-1][same_seg] + 1)
-    # Every token is trained on once: [bos] + ids + [eos] gives len(ids) + 1 targets.
-    assert w.sum() == sum(len(ids) + 1 for ids in tok.encode_batch(docs))
-    assert (inp[pos == 0] == tok.bos_id).sum() == len(docs)
-    assert (tgt == tok.eos_id).sum() == len(docs)
-    # Packing is dense.
-    assert w.mean() > 0.95
+    same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
+    np.testing.assert_array_equal(tgt[:, :-1][same], inp[:, 1:][same])
+    np.testing.assert_array_equal(pos[:, 1:][same], pos[:, :-1][same] + 1)
+    # Reassemble every document from its pieces: exactly [bos] + ids + [eos], once, in order.
+    plan, dataset = rows.plan, prepared.PreparedDataset(code_path)
+    by_doc = {}
+    for r in range(plan.num_rows):
+        offset = 0
+        for p in plan.row_pieces_P[plan.row_ptr_R1[r]:plan.row_ptr_R1[r + 1]]:
+            n = int(plan.piece_len_P[p])
+            by_doc.setdefault(int(plan.piece_doc_P[p]), []).append(
+                (int(plan.piece_start_P[p]), inp[r, offset:offset + n], tgt[r, offset:offset + n]))
+            offset += n
+    assert sorted(by_doc) == list(range(dataset.num_documents))
+    for d, parts in by_doc.items():
+        parts.sort(key=lambda x: x[0])
+        (ids,) = dataset.pieces(np.array([d]), np.array([0]), dataset.lengths_D[[d]])
+        seq = np.concatenate([[tok.bos_id], ids, [tok.eos_id]])
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), seq[:-1])
+        np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), seq[1:])
+        if packer != "concat" and len(seq) - 1 <= LENGTH:
+            assert len(parts) == 1  # best fit never cuts a document that fits a row
+    if packer == "best_fit" and window == 0:
+        assert plan.fill > 0.95
 
 
-def test_documents_reassemble(rows, docs, stdlib_data):
-    tok = stdlib_data.tokenizer
-    # Documents that fit one row appear as a single segment starting with BOS.
-    starts = {}
-    for r, s in zip(*np.nonzero(rows["decoder_positions"] == 0)):
-        seg_mask = rows["decoder_segment_ids"][r] == rows["decoder_segment_ids"][r, s]
-        toks = rows["decoder_target_tokens"][r][seg_mask]
-        if rows["decoder_input_tokens"][r, s] == tok.bos_id and toks[-1] == tok.eos_id:
-            starts[tok.decode(toks)] = True
-    short_docs = [d for d in docs if len(tok.encode(d)) + 1 <= LENGTH]
-    assert short_docs and all(d in starts for d in short_docs)
-
-
-def test_cache_roundtrip(rows, stdlib_data, docs, tmp_path):
-    kwargs = dict(tokenizer=stdlib_data.tokenizer, length=LENGTH, texts=docs[:20], cache_dir=tmp_path)
-    cold = pipeline.prepare_packed_rows(**kwargs)
-    (cache_file,) = tmp_path.glob("packed_*.npz")
-    assert f"_L{LENGTH}.npz" in cache_file.name
-    start = time.perf_counter()
-    warm = pipeline.prepare_packed_rows(**kwargs)
-    assert time.perf_counter() - start < 1.0
-    _assert_batches_equal([cold], [warm])
-    # A different length is a different cache entry.
-    pipeline.prepare_packed_rows(**(kwargs | {"length": 64}))
-    assert len(list(tmp_path.glob("packed_*.npz"))) == 2
-
-
-def test_jsonl_source_matches_texts(stdlib_data):
-    kwargs = dict(tokenizer=stdlib_data.tokenizer, length=LENGTH)
-    from_jsonl = pipeline.prepare_packed_rows(jsonl_paths=[stdlib_data.paths["validation"]], **kwargs)
-    with open(stdlib_data.paths["validation"], encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f]
-    _assert_batches_equal([from_jsonl], [pipeline.prepare_packed_rows(texts=texts, **kwargs)])
-    with pytest.raises(ValueError, match="exactly one of"):
-        pipeline.prepare_packed_rows(**kwargs)
-
-
-def test_exact_resume(rows):
-    it = pipeline.make_train_iterator(rows, global_batch_size=4, seed=3)
+def test_exact_resume_and_orbax_roundtrip(code_path, stdlib_data, tmp_path):
+    rows = _rows(code_path, stdlib_data)
+    it = pipeline.make_train_iterator([rows], global_batch_size=4, seed=3)
     _take(it, 7)
     state = it.get_state()
-    expected = _take(it, 5)
-    fresh = pipeline.make_train_iterator(rows, global_batch_size=4, seed=3)
-    fresh.set_state(state)
-    _assert_batches_equal(_take(fresh, 5), expected)
-
-
-def test_orbax_checkpoint_roundtrip(rows, tmp_path):
-    it = pipeline.make_train_iterator(rows, global_batch_size=4, seed=5)
-    _take(it, 7)
     with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
         mngr.save(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
         mngr.wait_until_finished()
     expected = _take(it, 5)
-    fresh = pipeline.make_train_iterator(rows, global_batch_size=4, seed=5)
+    fresh = pipeline.make_train_iterator([rows], global_batch_size=4, seed=3)
+    fresh.set_state(state)
+    _assert_batches_equal(_take(fresh, 5), expected)
+    fresh = pipeline.make_train_iterator([rows], global_batch_size=4, seed=3)
     with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
-        restored = mngr.restore(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
-    assert restored["data_iter"] is fresh
+        mngr.restore(7, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
     _assert_batches_equal(_take(fresh, 5), expected)
 
 
-def _row_ids(num_rows):
-    return {"row_id": np.arange(num_rows, dtype=np.int32)[:, None] * np.ones((1, 4), np.int32)}
-
-
-def test_epochs_visit_every_row_once_and_reshuffle():
-    it = pipeline.make_train_iterator(_row_ids(24), global_batch_size=4, seed=0)
-    epochs = [np.concatenate([b["row_id"][:, 0] for b in _take(it, 6)]) for _ in range(3)]
-    for epoch in epochs:
-        assert sorted(epoch.tolist()) == list(range(24))
-    assert not np.array_equal(epochs[0], epochs[1])
-    assert not np.array_equal(epochs[0], np.arange(24))
-
-
-def test_seeds_and_processes(rows):
-    def first(seed, **kw):
-        return next(pipeline.make_train_iterator(rows, global_batch_size=4, seed=seed, **kw))
-    _assert_batches_equal([first(1)], [first(1)])
-    assert not np.array_equal(first(1)["decoder_input_tokens"], first(2)["decoder_input_tokens"])
-    # Two processes split an epoch's rows disjointly, half the batch each.
-    ids = _row_ids(24)
+def test_epochs_processes_and_seeds(code_path, stdlib_data):
+    rows = _rows(code_path, stdlib_data)
+    n = rows.num_rows
     seen = []
     for p in range(2):
-        it = pipeline.make_train_iterator(ids, global_batch_size=4, seed=0, process_index=p, process_count=2)
-        batches = _take(it, 6)
-        assert batches[0]["row_id"].shape == (2, 4)
-        seen.append(np.concatenate([b["row_id"][:, 0] for b in batches]))
-    assert sorted(np.concatenate(seen).tolist()) == list(range(24))
-    with pytest.raises(ValueError, match="global_batch_size 5 must be a positive multiple of process_count 2"):
-        pipeline.make_train_iterator(rows, global_batch_size=5, seed=0, process_count=2)
+        it = pipeline.make_train_iterator([rows], global_batch_size=2, seed=0, process_index=p,
+                                          process_count=2, prefetch=0)
+        firsts = [b["decoder_input_tokens"][0] for b in _take(it, n // 2)]
+        seen += [tuple(x) for x in firsts]
+    assert len(set(seen)) == len(seen) >= 2 * (n // 2) - 1  # disjoint rows across processes
+    one = pipeline.make_train_iterator([rows], global_batch_size=1, seed=0)
+    epochs = [[tuple(next(one)["decoder_input_tokens"][0]) for _ in range(n)] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) and epochs[0] != epochs[1]
+    with pytest.raises(ValueError, match="global_batch_size 5 must be a positive multiple"):
+        pipeline.make_train_iterator([rows], global_batch_size=5, seed=0, process_count=2)
 
 
-@pytest.mark.parametrize("process_count", [1, 2])
-def test_eval_batches_count_every_row_once(process_count):
-    rows = _row_ids(23) | {"decoder_loss_weights": np.ones((23, 4), np.int32)}
-    per_process = [
-        pipeline.eval_batches(rows, global_batch_size=8, process_index=p, process_count=process_count)
-        for p in range(process_count)
-    ]
-    assert {len(b) for b in per_process} == {3}  # ceil(23 / 8), equal on every process
-    weights = sum(int(b["decoder_loss_weights"].sum()) for bs in per_process for b in bs)
-    assert weights == 23 * 4
-    real = [int(r) for bs in per_process for b in bs for r, w in zip(b["row_id"][:, 0], b["decoder_loss_weights"][:, 0]) if w]
-    assert sorted(real) == list(range(23))
-    assert all(b["row_id"].shape == (8 // process_count, 4) for bs in per_process for b in bs)
-    # Deterministic and truncatable.
-    _assert_batches_equal(per_process[0], pipeline.eval_batches(rows, global_batch_size=8, process_count=process_count))
-    assert len(pipeline.eval_batches(rows, global_batch_size=8, max_batches=2)) == 2
+def test_mixture_rates_are_honoured_and_resume(code_path, prose_path, stdlib_data):
+    tasks = [_rows(code_path, stdlib_data), _rows(prose_path, stdlib_data)]
+    it = pipeline.make_train_iterator(tasks, rates=[0.7, 0.3], global_batch_size=8, seed=0)
+    batches = _take(it, 50)
+    sources_N = np.concatenate([b[pipeline.SOURCE_KEY] for b in batches])
+    k, n, p = int((sources_N == 0).sum()), len(sources_N), 0.7
+    assert abs(k - n * p) <= 3 * np.sqrt(n * p * (1 - p))
+    # Rows carry their own task's tokens: the prose vocabulary has no newline.
+    newline = stdlib_data.tokenizer.encode("\n")[0]
+    for b in batches[:5]:
+        prose_rows = b["decoder_input_tokens"][b[pipeline.SOURCE_KEY] == 1]
+        assert not (prose_rows == newline).any()
+    state = it.get_state()
+    expected = _take(it, 3)
+    again = pipeline.make_train_iterator(tasks, rates=[0.7, 0.3], global_batch_size=8, seed=0)
+    again.set_state(state)
+    _assert_batches_equal(_take(again, 3), expected)
+    with pytest.raises(ValueError, match="rates"):
+        pipeline.make_train_iterator(tasks, rates=[1.0], global_batch_size=8, seed=0)
 
 
-def test_stdlib_datasets_builds_and_caches(stdlib_data):
-    model_mtime = stdlib_data.tokenizer.model_path.stat().st_mtime_ns
-    tok, train_rows, eval_rows = pipeline.stdlib_datasets(stdlib_data.data_dir, LENGTH)
-    assert tok.model_path == stdlib_data.tokenizer.model_path
-    assert tok.model_path.stat().st_mtime_ns == model_mtime  # reused, not retrained
-    assert len(list((stdlib_data.data_dir / "cache").glob(f"packed_*_L{LENGTH}.npz"))) == 2
-    manifest = json.loads(stdlib_data.paths["manifest"].read_text())
-    for split, rows in (("train", train_rows), ("validation", eval_rows)):
-        assert set(rows) == set(pipeline.FEATURES)
-        assert (rows["decoder_target_tokens"] == tok.eos_id).sum() == manifest["documents"][split]
-        assert rows["decoder_loss_weights"].mean() > 0.95
-    start = time.perf_counter()
-    _, cached_train, _ = pipeline.stdlib_datasets(stdlib_data.data_dir, LENGTH)
-    assert time.perf_counter() - start < 1.0
-    np.testing.assert_array_equal(cached_train["decoder_input_tokens"], train_rows["decoder_input_tokens"])
+def test_score_weighted_sampling_follows_its_softmax(code_path):
+    dataset = prepared.PreparedDataset(code_path)
+    scores_D, temperature = dataset.scores(), 0.5
+    draws = np.concatenate([pipeline._sampled_documents(dataset, temperature, s) for s in range(200)])
+    counts = np.bincount(scores_D[draws].astype(int), minlength=4)
+    logits = scores_D / temperature
+    probs_D = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    expected = np.array([probs_D[scores_D == s].sum() for s in range(4)]) * len(draws)
+    sigma = np.sqrt(expected * (1 - expected / len(draws)))
+    assert np.all(np.abs(counts - expected) <= 4 * sigma + 1), (counts, expected)
+    # The plan packs the sampled multiset, and is stored next to the data for reuse.
+    plan = pipeline.load_or_build_plan(dataset, pipeline.PlanOptions(LENGTH, score_temperature=0.5))
+    assert np.bincount(scores_D[plan.piece_doc_P[plan.piece_start_P == 0]].astype(int))[3] > \
+        np.bincount(scores_D.astype(int))[3]
+    assert list((code_path / "plans").glob("*_T0.5.npz"))
+
+
+def test_eval_batches_count_every_row_once(code_path, stdlib_data):
+    rows = _rows(code_path, stdlib_data, seed=None)
+    per_process = [pipeline.eval_batches(rows, global_batch_size=4, process_index=p, process_count=2)
+                   for p in range(2)]
+    assert len(per_process[0]) == len(per_process[1]) == -(-rows.num_rows // 4)
+    total = sum(int(b["decoder_loss_weights"].sum()) for bs in per_process for b in bs)
+    assert total == rows.plan.num_tokens
+    _assert_batches_equal(per_process[0], pipeline.eval_batches(rows, global_batch_size=4,
+                                                                process_count=2))
