@@ -20,6 +20,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from t5x_like.config import ModelConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -91,12 +93,16 @@ class Checkpointer:
 
 
 # Fields that change the parameter tree; numerics such as dtype or remat may differ on restore.
-_SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+_SHAPE_FIELDS = ("architecture", "vocab_size", "d_model", "num_layers", "num_encoder_layers",
+                 "num_heads", "num_kv_heads", "head_dim", "mlp_activation",
                  "mlp_dim", "tie_embeddings", "scan_layers")
 
 
 def check_same_model(saved: dict, current: dict, where: str) -> None:
     """Raise CheckpointMismatchError naming every shape-relevant field that differs."""
+    # A field the checkpoint predates had its default value when the checkpoint was written.
+    defaults = ModelConfig().to_dict()
+    saved = defaults | saved
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
              for k in _SHAPE_FIELDS if saved.get(k) != current.get(k)]
     if diffs:

@@ -100,16 +100,29 @@ class _Validated:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(_Validated):
-    """Shapes and numerics of a Llama-style decoder-only Transformer."""
+    """Shapes and numerics of a Transformer: Llama-style decoder-only, or T5-style encoder-decoder.
 
+    The defaults are a Llama-style decoder (RoPE, SwiGLU, grouped-query attention). An
+    encoder-decoder is T5 v1.1 / UL2: relative position buckets instead of RoPE, a gated MLP,
+    no 1/sqrt(head_dim) attention scaling (folded into the initialization), untied logits — or,
+    with tie_embeddings, T5 v1.0's tied logits scaled by d_model**-0.5.
+    """
+
+    architecture: str = "decoder"  # decoder | encoder_decoder
     vocab_size: int = 2048  # embedding rows; >= the tokenizer's vocabulary
     d_model: int = 256  # residual stream width
-    num_layers: int = 4
+    num_layers: int = 4  # decoder layers (encoder_decoder: the decoder stack)
+    num_encoder_layers: int = 0  # encoder_decoder only; 0 = num_layers
     num_heads: int = 4  # query heads
     num_kv_heads: int = 2  # key/value heads (grouped-query attention); divides num_heads
     head_dim: int = 64
-    mlp_dim: int = 768  # SwiGLU hidden width
-    rope_theta: float = 10_000.0  # RoPE base (Llama 3: 500000)
+    mlp_dim: int = 768  # gated-MLP hidden width
+    # silu: gated SiLU (SwiGLU; Llama, UL2) | gelu_tanh: gated GELU (T5 v1.1) | relu: ungated
+    # ReLU MLP (T5 v1.0)
+    mlp_activation: str = "silu"
+    rope_theta: float = 10_000.0  # RoPE base (Llama 3: 500000); decoder architecture only
+    relative_attention_num_buckets: int = 32  # encoder_decoder position buckets
+    relative_attention_max_distance: int = 128  # distances beyond this share the last bucket
     norm_eps: float = 1e-6  # RMSNorm epsilon
     tie_embeddings: bool = False  # share the input embedding with the output projection
     scan_layers: bool = True  # stack layers and lax.scan over them (fast compiles at depth)
@@ -118,9 +131,15 @@ class ModelConfig(_Validated):
     param_dtype: str = "float32"  # storage dtype of the parameters and optimizer moments
 
     def _validate(self):
+        self._require(self.architecture in ("decoder", "encoder_decoder"), "architecture",
+                      "must be decoder or encoder_decoder")
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "mlp_dim"):
+                     "head_dim", "mlp_dim", "relative_attention_num_buckets",
+                     "relative_attention_max_distance"):
             self._require(getattr(self, name) > 0, name, "must be positive")
+        self._require(self.num_encoder_layers >= 0, "num_encoder_layers", "must be >= 0")
+        self._require(self.mlp_activation in ("silu", "gelu_tanh", "relu"), "mlp_activation",
+                      "must be silu, gelu_tanh or relu")
         self._require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
                       f"must divide num_heads={self.num_heads}")
         self._require(self.head_dim % 2 == 0, "head_dim", "must be even for RoPE")
@@ -199,6 +218,36 @@ class OptimizerConfig(_Validated):
         self._require(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 disables)")
 
 
+OBJECTIVES = ("causal_lm", "prefix_lm", "span_corruption", "ul2", "ul2r")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig(_Validated):
+    """What the model learns to predict from each packed piece of text (t5x_like.objectives)."""
+
+    # causal_lm: next-token prediction. prefix_lm: the S-denoiser alone. span_corruption: T5
+    # (15% noise, mean span 3). ul2: the paper's seven denoisers, sampled uniformly. ul2r: U-PaLM's
+    # continued-training mixture. Every one but causal_lm needs TASK_FEATURE_LENGTHS inputs+targets.
+    name: str = "causal_lm"
+    # Overrides the preset's table: (paradigm R|X|S, mean span length, noise rate, mixing rate,
+    # mode token or ''). For S, the "noise rate" is the mean target fraction d: the split is
+    # uniform so that the target fraction is ~U[0, 2d].
+    denoisers: tuple[tuple[str, float, float, float, str], ...] = ()
+    use_mode_tokens: bool = True  # prepend each denoiser's mode token to its inputs
+    sentinel_policy: str = "cap"  # cap: merge spans beyond the tokenizer's sentinels | error
+    random_roll: bool = False  # roll each noise mask by a random offset (sentinels still pair up)
+
+    def _validate(self):
+        self._require(self.name in OBJECTIVES, "name", f"choose one of {OBJECTIVES}")
+        self._require(self.sentinel_policy in ("cap", "error"), "sentinel_policy",
+                      "must be cap or error")
+        for i, (kind, mu, rate, weight, _) in enumerate(self.denoisers):
+            self._require(kind in ("R", "X", "S"), "denoisers", f"row {i}: paradigm must be R, X or S")
+            self._require(weight > 0 and 0 < rate < 1, "denoisers",
+                          f"row {i}: need 0 < noise rate < 1 and a positive mixing rate")
+            self._require(kind == "S" or mu >= 1, "denoisers", f"row {i}: mean span must be >= 1")
+
+
 PACKERS = ("best_fit", "first_fit", "concat")
 
 
@@ -249,8 +298,8 @@ class DataConfig(_Validated):
 
     def _validate(self):
         lengths = self.task_feature_lengths
-        self._require(set(lengths) == {"targets"}, "task_feature_lengths",
-                      "a decoder-only run takes exactly {'targets': L}")
+        self._require(set(lengths) in ({"targets"}, {"inputs", "targets"}), "task_feature_lengths",
+                      "give {'targets': L}, or {'inputs': Li, 'targets': Lt} for denoising")
         self._require(all(v > 0 for v in lengths.values()), "task_feature_lengths",
                       "lengths must be positive")
         self._require(bool(self.mixture_or_task_name), "mixture_or_task_name",
@@ -273,8 +322,8 @@ class DataConfig(_Validated):
 
     @property
     def seq_len(self) -> int:
-        """Packed row length of the decoder."""
-        return self.task_feature_lengths["targets"]
+        """Packed row length of the decoder (decoder-only denoising: inputs + targets)."""
+        return sum(self.task_feature_lengths.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,8 +366,14 @@ class RunConfig(_Validated):
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
 
     def _validate(self):
+        lengths, name = self.data.task_feature_lengths, self.objective.name
+        want = {"targets"} if name == "causal_lm" else {"inputs", "targets"}
+        if set(lengths) != want:
+            raise ConfigError(f"DataConfig.task_feature_lengths = {lengths!r}: objective {name!r} "
+                              f"needs the keys {sorted(want)}")
         warmup, steps = self.optimizer.warmup_steps, self.schedule_steps
         if self.optimizer.schedule != "rsqrt" and warmup >= steps:
             raise ConfigError(f"OptimizerConfig.warmup_steps = {warmup}: must be below the "
@@ -331,25 +386,55 @@ class RunConfig(_Validated):
         return self.optimizer.schedule_steps or self.train.train_steps
 
 
-def _layer_matmul_params(cfg: ModelConfig) -> int:
+def _layer_matmul_params(cfg: ModelConfig, cross_attention: bool = False) -> int:
+    """Matmul parameters of one layer: attention (twice with cross-attention) and the MLP."""
     attn = cfg.d_model * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
-    return attn + 3 * cfg.d_model * cfg.mlp_dim
+    mlp = (2 if cfg.mlp_activation == "relu" else 3) * cfg.d_model * cfg.mlp_dim  # relu: ungated
+    return attn * (2 if cross_attention else 1) + mlp
 
 
 def num_params(cfg: ModelConfig) -> int:
     """Parameter count implied by a ModelConfig (checked against the real model in tests)."""
-    per_layer = _layer_matmul_params(cfg) + 2 * cfg.d_model  # two RMSNorm scales
+    embed = cfg.vocab_size * cfg.d_model
     head = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
-    return cfg.vocab_size * cfg.d_model + cfg.num_layers * per_layer + cfg.d_model + head
+    if cfg.architecture == "decoder":
+        per_layer = _layer_matmul_params(cfg) + 2 * cfg.d_model  # two RMSNorm scales
+        return embed + cfg.num_layers * per_layer + cfg.d_model + head
+    encoder_layers = cfg.num_encoder_layers or cfg.num_layers
+    encoder = encoder_layers * (_layer_matmul_params(cfg) + 2 * cfg.d_model)
+    decoder = cfg.num_layers * (_layer_matmul_params(cfg, cross_attention=True)
+                                + 3 * cfg.d_model)  # self-attention, cross-attention, MLP norms
+    relative_bias = 2 * cfg.relative_attention_num_buckets * cfg.num_heads  # a table per stack
+    return embed + encoder + decoder + relative_bias + 2 * cfg.d_model + head
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, inputs_len: int | None = None) -> float:
     """Training FLOPs per token (forward + backward), PaLM appendix B convention.
 
     6 x the matmul parameters (every layer's projections and the output projection, tied or not;
     the input embedding is a gather) plus the attention score and value matmuls,
     12 x layers x heads x head_dim x seq_len (not halved for causality, as in PaLM).
+
+    encoder_decoder: `seq_len` is a row's encoder + decoder length (DataConfig.seq_len) and
+    `inputs_len` the encoder's part (None: half). The FLOPs of a row are spread over all its
+    tokens: each encoder token pays the encoder layers and the decoder's cross-attention key and
+    value projections, each decoder token its layers and the output projection; attention
+    scores cost 12 x heads x head_dim x (keys attended) per query token and layer.
     """
-    matmul_params = cfg.num_layers * _layer_matmul_params(cfg) + cfg.vocab_size * cfg.d_model
-    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
-    return 6.0 * matmul_params + attention
+    if cfg.architecture == "decoder":
+        matmul_params = cfg.num_layers * _layer_matmul_params(cfg) + cfg.vocab_size * cfg.d_model
+        attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+        return 6.0 * matmul_params + attention
+    inputs_len = seq_len // 2 if inputs_len is None else inputs_len
+    targets_len = seq_len - inputs_len
+    encoder_layers = cfg.num_encoder_layers or cfg.num_layers
+    cross_kv = 2 * cfg.d_model * cfg.num_kv_heads * cfg.head_dim
+    cross_qo = 2 * cfg.d_model * cfg.num_heads * cfg.head_dim
+    per_input = encoder_layers * _layer_matmul_params(cfg) + cfg.num_layers * cross_kv
+    per_target = (cfg.num_layers * (_layer_matmul_params(cfg) + cross_qo)
+                  + cfg.vocab_size * cfg.d_model)
+    score = 12 * cfg.num_heads * cfg.head_dim
+    attention = score * (encoder_layers * inputs_len * inputs_len
+                         + cfg.num_layers * targets_len * (targets_len + inputs_len))
+    row = 6.0 * (per_input * inputs_len + per_target * targets_len) + attention
+    return row / seq_len

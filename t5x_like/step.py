@@ -4,9 +4,10 @@ A train state is a plain dict {'step', 'params', 'opt_state'} of arrays, so jit 
 and orbax checkpoints all see an ordinary pytree. The model enters as an NNX graph definition plus
 its parameter tree; nothing here knows the mesh.
 
-Batches are dicts of [B, L] int32 arrays with T5X's decoder feature names:
-decoder_input_tokens, decoder_target_tokens, decoder_segment_ids, decoder_positions,
-decoder_loss_weights.
+Batches are dicts of [B, L] int32 arrays with T5X's feature names: decoder_input_tokens,
+decoder_target_tokens, decoder_segment_ids, decoder_positions, decoder_loss_weights; prefix-LM
+batches add decoder_causal_attention, encoder-decoder batches add encoder_input_tokens,
+encoder_segment_ids and encoder_positions (over their own length).
 """
 
 from __future__ import annotations
@@ -42,12 +43,23 @@ def cross_entropy_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_
     }
 
 
+def model_logits(model: nnx.Module, batch: Batch) -> jax.Array:
+    """Decoder logits [B, L, V] of either architecture, chosen by the batch's features."""
+    if "encoder_input_tokens" in batch:
+        return model(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                     batch["encoder_segment_ids"], batch["decoder_segment_ids"],
+                     batch["encoder_positions"], batch["decoder_positions"])
+    if "decoder_causal_attention" in batch:
+        return model(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+                     batch["decoder_positions"], batch["decoder_causal_attention"])
+    return model(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+                 batch["decoder_positions"])
+
+
 def forward_sums(params: Any, graphdef: nnx.GraphDef, batch: Batch,
                  z_loss: float) -> dict[str, jax.Array]:
     """Run the model on a packed batch and return the loss sums of `cross_entropy_sums`."""
-    model = nnx.merge(graphdef, params)
-    logits_BxLxV = model(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
-                         batch["decoder_positions"])
+    logits_BxLxV = model_logits(nnx.merge(graphdef, params), batch)
     return cross_entropy_sums(logits_BxLxV, batch["decoder_target_tokens"],
                               batch["decoder_loss_weights"], z_loss)
 

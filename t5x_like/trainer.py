@@ -34,7 +34,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def default_model_factory(cfg: RunConfig) -> Callable[[nnx.Rngs], nnx.Module]:
-    """The decoder-only model of `cfg.model`."""
+    """The model of `cfg.model`: a decoder-only or an encoder-decoder Transformer."""
+    if cfg.model.architecture == "encoder_decoder":
+        from t5x_like.models.encoder_decoder import EncoderDecoder
+        return lambda rngs: EncoderDecoder(cfg.model, rngs=rngs)
     return lambda rngs: Decoder(cfg.model, rngs=rngs)
 
 
@@ -137,7 +140,8 @@ class StepReporter:
         self.tokens_per_step = tokens_per_step
         peak, self.peak_source = peak_flops_per_device(cfg.model.dtype)
         self.peak_total = peak * num_devices
-        self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len)
+        self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len,
+                                               cfg.data.task_feature_lengths.get("inputs"))
         self._last_time, self._steps_since = time.perf_counter(), 0
         self.rows: list[dict[str, Any]] = []
 

@@ -57,3 +57,30 @@ def random_packed_rows(num_rows: int, length: int, vocab: int, seed: int = 0) ->
         rows["decoder_target_tokens"][r, :used] = rng.integers(4, vocab, used)
         rows["decoder_loss_weights"][r, :used] = 1
     return rows
+
+
+def random_seq2seq_rows(num_rows: int, inputs_len: int, targets_len: int, vocab: int,
+                        seed: int = 0) -> dict:
+    """Packed encoder-decoder rows of random tokens: 1-2 examples per row, paired segments."""
+    rng = np.random.default_rng(seed)
+    enc = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+    dec = ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+           "decoder_positions", "decoder_loss_weights")
+    rows = {k: np.zeros((num_rows, inputs_len if k in enc else targets_len), np.int32)
+            for k in enc + dec}
+    for r in range(num_rows):
+        segments = int(rng.integers(1, 3))
+        for name, length in (("encoder", inputs_len), ("decoder", targets_len)):
+            used = length - int(rng.integers(0, 3))
+            cuts = sorted(rng.choice(np.arange(1, used), size=segments - 1, replace=False))
+            for seg, (a, b) in enumerate(zip([0, *cuts], [*cuts, used]), start=1):
+                rows[f"{name}_segment_ids"][r, a:b] = seg
+                rows[f"{name}_positions"][r, a:b] = np.arange(b - a)
+                if name == "encoder":
+                    rows["encoder_input_tokens"][r, a:b] = rng.integers(4, vocab, b - a)
+                else:
+                    targets = rng.integers(4, vocab, b - a)
+                    rows["decoder_target_tokens"][r, a:b] = targets
+                    rows["decoder_input_tokens"][r, a:b] = np.concatenate([[0], targets[:-1]])
+                    rows["decoder_loss_weights"][r, a:b] = 1
+    return rows

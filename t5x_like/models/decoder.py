@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_like.config import ModelConfig
-from t5x_like.models.layers import RMSNorm, Attention, SwiGLU, attention_mask, param
+from t5x_like.models.layers import MLP, RMSNorm, Attention, attention_mask, param
 from t5x_like.partitioning import constrain
 
 _REMAT_POLICIES = {
@@ -34,8 +34,8 @@ class DecoderBlock(nnx.Module):
                                    rope_theta=cfg.rope_theta, dtype=dtype,
                                    param_dtype=param_dtype, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=param_dtype, rngs=rngs)
-        self.mlp = SwiGLU(d_model=cfg.d_model, mlp_dim=cfg.mlp_dim, dtype=dtype,
-                          param_dtype=param_dtype, rngs=rngs)
+        self.mlp = MLP(d_model=cfg.d_model, mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,
+                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x_BxLxD, positions_BxL, mask_Bx1xLxL):
         x_BxLxD = x_BxLxD + self.attention(self.attention_norm(x_BxLxD), positions_BxL,
@@ -63,12 +63,21 @@ class Decoder(nnx.Module):
                                  (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), param_dtype)
 
     def __call__(self, input_tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
-                 positions_BxL: jax.Array) -> jax.Array:
-        """Logits [B, L, V] in float32; a row's padding (segment 0) attends to nothing."""
+                 positions_BxL: jax.Array, causal_attention_BxL: jax.Array | None = None
+                 ) -> jax.Array:
+        """Logits [B, L, V] in float32; a row's padding (segment 0) attends to nothing.
+
+        `causal_attention_BxL` (prefix LM, seqio's decoder_causal_attention): positions flagged 1
+        also attend bidirectionally to each other within their segment.
+        """
         dtype = jnp.dtype(self.cfg.dtype)
         x_BxLxD = jnp.take(self.token_embed[...], input_tokens_BxL, axis=0).astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
         mask_Bx1xLxL = attention_mask(segment_ids_BxL, segment_ids_BxL, causal=True)
+        if causal_attention_BxL is not None:
+            prefix = causal_attention_BxL.astype(bool)
+            mask_Bx1xLxL |= (attention_mask(segment_ids_BxL, segment_ids_BxL, causal=False)
+                             & (prefix[:, :, None] & prefix[:, None, :])[:, None])
         x_BxLxD = self._run_layers(x_BxLxD, positions_BxL, mask_Bx1xLxL)
         x_BxLxD = self.final_norm(x_BxLxD)
         if self.cfg.tie_embeddings:

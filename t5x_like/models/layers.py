@@ -1,7 +1,8 @@
 """Transformer building blocks in Flax NNX, packing-aware.
 
 Shape letters: B batch, L query length, M key length, D d_model, H query heads, K key/value
-heads, G = H // K query heads per key/value head, E head_dim, F mlp_dim, V vocab.
+heads, G = H // K query heads per key/value head, E head_dim, F mlp_dim, V vocab, R relative
+position buckets.
 
 Parameters carry logical axis names ('embed', 'mlp', ...) as metadata; `t5x_like.partitioning`
 turns them into shardings. They are created with eager sharding off so that building a model never
@@ -10,10 +11,12 @@ needs a mesh: the partitioner shards the jitted initializer's outputs instead.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from t5x_like.partitioning import constrain
@@ -82,13 +85,25 @@ def attention_mask(q_segment_ids_BxL: jax.Array, kv_segment_ids_BxM: jax.Array,
 
 
 def dot_product_attention(q_BxLxHxE: jax.Array, k_BxMxKxE: jax.Array, v_BxMxKxE: jax.Array,
-                          mask_Bx1xLxM: jax.Array) -> jax.Array:
-    """Grouped-query attention: each key/value head serves G = H // K query heads."""
+                          mask_Bx1xLxM: jax.Array, bias_BxHxLxM: jax.Array | None = None,
+                          scale: float | None = None) -> jax.Array:
+    """Grouped-query attention: each key/value head serves G = H // K query heads.
+
+    Scores are q.k * scale (default head_dim**-0.5; T5 passes 1.0, its scaling lives in the
+    query initializer) plus an optional float32 bias (T5's relative positions), then masked.
+    """
     batch, length, heads, head_dim = q_BxLxHxE.shape
     kv_heads = k_BxMxKxE.shape[2]
+    scale = head_dim ** -0.5 if scale is None else scale
     q_BxLxKxGxE = q_BxLxHxE.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
     scores = jnp.einsum("blkge,bmke->bkglm", q_BxLxKxGxE, k_BxMxKxE,
-                        preferred_element_type=jnp.float32) * head_dim ** -0.5
+                        preferred_element_type=jnp.float32)
+    if scale != 1.0:
+        scores = scores * scale
+    if bias_BxHxLxM is not None:
+        # Query head h = k * G + g, the order of the reshape above.
+        scores = scores + bias_BxHxLxM.astype(jnp.float32).reshape(
+            bias_BxHxLxM.shape[0], kv_heads, heads // kv_heads, *bias_BxHxLxM.shape[2:])
     scores = jnp.where(mask_Bx1xLxM[:, :, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BxMxKxE.dtype)
     out_BxLxKxGxE = jnp.einsum("bkglm,bmke->blkge", probs, v_BxMxKxE)
@@ -123,22 +138,158 @@ class Attention(nnx.Module):
         return jnp.einsum("blhe,hed->bld", out_BxLxHxE, self.out[...].astype(self.dtype))
 
 
-class SwiGLU(nnx.Module):
-    """Gated MLP: down(silu(x @ gate) * (x @ up))."""
+MLP_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    # Hugging Face's gelu_new / T5X's gelu: the tanh approximation.
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
 
-    def __init__(self, *, d_model: int, mlp_dim: int, dtype: jnp.dtype,
+
+class MLP(nnx.Module):
+    """Feed-forward block: gated down(act(x @ gate) * (x @ up)), or ungated down(act(x @ up)).
+
+    'silu' and 'gelu_tanh' are gated (SwiGLU for Llama and UL2, GeGLU for T5 v1.1); 'relu' is
+    T5 v1.0's ungated MLP and has no `gate` kernel: its single input projection is `up` (Hugging
+    Face's `wi`), the one whose output goes through the activation.
+    """
+
+    def __init__(self, *, d_model: int, mlp_dim: int, activation: str, dtype: jnp.dtype,
                  param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.dtype = dtype
-        self.gate = param(rngs, fan_in_init(0, 1), (d_model, mlp_dim), ("embed", "mlp"),
-                          param_dtype)
+        self.dtype, self.activation = dtype, activation
+        self.gated = activation != "relu"
+        # Truncated normal with variance 1/fan_in, as T5X's MlpBlock and the Llama decoder.
+        if self.gated:
+            self.gate = param(rngs, fan_in_init(0, 1), (d_model, mlp_dim), ("embed", "mlp"),
+                              param_dtype)
         self.up = param(rngs, fan_in_init(0, 1), (d_model, mlp_dim), ("embed", "mlp"),
                         param_dtype)
         self.down = param(rngs, fan_in_init(0, 1), (mlp_dim, d_model), ("mlp", "embed"),
                           param_dtype)
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        act = MLP_ACTIVATIONS[self.activation]
         x = x_BxLxD.astype(self.dtype)
-        gate_BxLxF = x @ self.gate[...].astype(self.dtype)
         up_BxLxF = x @ self.up[...].astype(self.dtype)
-        hidden_BxLxF = constrain(jax.nn.silu(gate_BxLxF) * up_BxLxF, ("batch", "length", "mlp"))
+        if self.gated:
+            gate_BxLxF = x @ self.gate[...].astype(self.dtype)
+            hidden_BxLxF = act(gate_BxLxF) * up_BxLxF
+        else:
+            hidden_BxLxF = act(up_BxLxF)
+        hidden_BxLxF = constrain(hidden_BxLxF, ("batch", "length", "mlp"))
         return hidden_BxLxF @ self.down[...].astype(self.dtype)
+
+
+class SwiGLU(MLP):
+    """The Llama MLP, `MLP(activation='silu')` (kept for callers of the old name)."""
+
+    def __init__(self, *, d_model: int, mlp_dim: int, dtype: jnp.dtype,
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        super().__init__(d_model=d_model, mlp_dim=mlp_dim, activation="silu", dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+
+
+# --------------------------------------------------------------------------------------------
+# T5: relative position biases and unscaled attention without RoPE.
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
+    """Bucket of every relative position in [-max_distance, max_distance], index rel + max_distance.
+
+    Hugging Face's `T5Attention._relative_position_bucket`, evaluated once on the host in float32
+    as it is there: looking buckets up in a table keeps them identical on every backend (a log
+    one ulp off on an accelerator would move a boundary position, e.g. 16 or 32, into the
+    neighbouring bucket). Beyond +-max_distance every bucket saturates, so clipping is exact.
+    """
+    rel = np.arange(-max_distance, max_distance + 1, dtype=np.int64)
+    buckets = np.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (rel > 0) * num_buckets
+        rel = np.abs(rel)
+    else:
+        rel = -np.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    with np.errstate(divide="ignore"):  # log(0) in the positions that take the exact branch
+        scaled = (np.log(rel.astype(np.float32) / np.float32(max_exact))
+                  / np.float32(np.log(max_distance / max_exact))
+                  * np.float32(num_buckets - max_exact))
+    large = max_exact + np.where(rel < max_exact, 0, scaled).astype(np.int64)
+    buckets += np.where(rel < max_exact, rel, np.minimum(large, num_buckets - 1))
+    return buckets.astype(np.int32)
+
+
+def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+    """T5's bucket (int32 in [0, num_buckets)) of relative positions key - query.
+
+    Exact buckets for small distances, logarithmic ones up to max_distance, one bucket beyond.
+    Bidirectional (encoder) spends half the buckets on keys after the query; causal (decoder)
+    maps every later key to bucket 0 (they are masked anyway).
+    """
+    table = jnp.asarray(_bucket_table(bidirectional, num_buckets, max_distance))
+    return table[jnp.clip(relative_position, -max_distance, max_distance) + max_distance]
+
+
+class RelativePositionBias(nnx.Module):
+    """T5's learned per-head bias of bucketed relative positions, one table [R, H] per stack.
+
+    Positions come from the batch, so in a packed row each segment sees positions from 0.
+    """
+
+    def __init__(self, *, num_buckets: int, max_distance: int, num_heads: int,
+                 bidirectional: bool, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.bidirectional = bidirectional
+        # T5X: variance_scaling(1.0, 'fan_avg', 'uniform'). No logical name fits the bucket axis
+        # (it is tiny): replicated.
+        init = nnx.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+        self.embedding = param(rngs, init, (num_buckets, num_heads), (None, "heads"),
+                               param_dtype)
+
+    def __call__(self, q_positions_BxL: jax.Array, k_positions_BxM: jax.Array) -> jax.Array:
+        """Float32 bias [B, H, L, M] to add to the attention scores."""
+        relative_BxLxM = k_positions_BxM[:, None, :] - q_positions_BxL[:, :, None]
+        buckets_BxLxM = relative_position_bucket(
+            relative_BxLxM, bidirectional=self.bidirectional, num_buckets=self.num_buckets,
+            max_distance=self.max_distance)
+        bias_BxLxMxH = jnp.take(self.embedding[...].astype(jnp.float32), buckets_BxLxM, axis=0)
+        bias_BxHxLxM = jnp.transpose(bias_BxLxMxH, (0, 3, 1, 2))
+        return constrain(bias_BxHxLxM, ("batch", "heads", "length", None))
+
+
+class T5Attention(nnx.Module):
+    """Multi-head attention without RoPE and without 1/sqrt(head_dim) score scaling (T5).
+
+    Self-attention when `x_BxMxD` is the query input, cross-attention when it is the encoder
+    output. The scaling is folded into the initialization as in T5X: query ~ N(0, (D*E)**-1),
+    key and value ~ N(0, 1/D), out ~ N(0, 1/(H*E)). Key/value heads may be grouped (K < H).
+    """
+
+    def __init__(self, *, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        kv_init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0,
+                                                    out_axis=(1, 2))
+        query_init = nnx.initializers.variance_scaling(1.0 / head_dim, "fan_in", "normal",
+                                                       in_axis=0, out_axis=(1, 2))
+        out_init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=(0, 1),
+                                                     out_axis=2)
+        self.query = param(rngs, query_init, (d_model, num_heads, head_dim),
+                           ("embed", "heads", "head_dim"), param_dtype)
+        self.key = param(rngs, kv_init, (d_model, num_kv_heads, head_dim),
+                         ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.value = param(rngs, kv_init, (d_model, num_kv_heads, head_dim),
+                           ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.out = param(rngs, out_init, (num_heads, head_dim, d_model),
+                         ("heads", "head_dim", "embed"), param_dtype)
+
+    def __call__(self, x_BxLxD: jax.Array, kv_BxMxD: jax.Array, mask_Bx1xLxM: jax.Array,
+                 bias_BxHxLxM: jax.Array | None = None) -> jax.Array:
+        x, kv = x_BxLxD.astype(self.dtype), kv_BxMxD.astype(self.dtype)
+        q_BxLxHxE = jnp.einsum("bld,dhe->blhe", x, self.query[...].astype(self.dtype))
+        k_BxMxKxE = jnp.einsum("bmd,dke->bmke", kv, self.key[...].astype(self.dtype))
+        v_BxMxKxE = jnp.einsum("bmd,dke->bmke", kv, self.value[...].astype(self.dtype))
+        out_BxLxHxE = dot_product_attention(q_BxLxHxE, k_BxMxKxE, v_BxMxKxE, mask_Bx1xLxM,
+                                            bias_BxHxLxM, scale=1.0)
+        return jnp.einsum("blhe,hed->bld", out_BxLxHxE, self.out[...].astype(self.dtype))

@@ -63,6 +63,25 @@ def test_causal_future_tokens_do_not_change_past_logits(model):
     assert not np.allclose(a[0, 3], b[0, 3])
 
 
+def test_prefix_lm_attends_bidirectionally_over_the_prefix_only(model):
+    tokens, seg, pos = _packed(batch=1)
+    # Segment 1: positions 0-3 are the prefix (inputs + 1), 4-5 targets; segment 2: 6-7 prefix.
+    flags = np.zeros_like(seg)
+    flags[0, :4] = 1
+    flags[0, 6:8] = 1
+    base = model(tokens, seg, pos, flags)
+    np.testing.assert_array_equal(model(tokens, seg, pos, np.zeros_like(seg)),
+                                  model(tokens, seg, pos))  # no flags: plain causal
+    later_prefix = tokens.copy()
+    later_prefix[0, 3] = (later_prefix[0, 3] + 1) % MICRO_MODEL.vocab_size
+    assert not np.allclose(base[0, 0], model(later_prefix, seg, pos, flags)[0, 0])
+    target = tokens.copy()
+    target[0, 4] = (target[0, 4] + 1) % MICRO_MODEL.vocab_size
+    out = model(target, seg, pos, flags)
+    np.testing.assert_array_equal(base[0, :4], out[0, :4])  # targets stay invisible to the prefix
+    np.testing.assert_array_equal(base[0, 6:14], out[0, 6:14])  # and to the next segment
+
+
 def test_fully_padded_row_is_finite(model):
     zeros = np.zeros((1, L), np.int32)
     assert np.isfinite(np.asarray(model(zeros, zeros, zeros))).all()

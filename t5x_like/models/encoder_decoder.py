@@ -1,0 +1,246 @@
+"""T5 v1.1 / UL2 encoder-decoder Transformer (T5 v1.0 with relu + tied embeddings), packing-aware.
+
+Pre-norm RMSNorm blocks; encoder self-attention with bidirectional relative position buckets,
+decoder causal self-attention with causal buckets and cross-attention without position bias.
+Each stack has one relative-bias table, evaluated once per forward and shared by all its layers
+(as in T5 and Hugging Face). No dropout.
+
+Packed rows follow the seqio/T5X conventions (segment ids 1..k, 0 = padding; positions restart
+at 0 in every segment): encoder self-attention stays within a segment and off padding, decoder
+self-attention is also causal, and a decoder token cross-attends only to the encoder tokens of
+its own segment. Relative positions are taken from the per-segment positions.
+
+Like the decoder-only model, layers are stacked on a leading 'layers' axis and run with
+`lax.scan`, or kept as a list; remat policies none | full | dots apply per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5x_like.config import ModelConfig
+from t5x_like.models.layers import (MLP, RMSNorm, RelativePositionBias, T5Attention,
+                                    attention_mask, fan_in_init, param)
+from t5x_like.partitioning import constrain
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+_ACTIVATION = ("batch", "length", "embed")
+
+
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> RMSNorm:
+    return RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=jnp.dtype(cfg.param_dtype),
+                   rngs=rngs)
+
+
+def _attention(cfg: ModelConfig, rngs: nnx.Rngs) -> T5Attention:
+    return T5Attention(d_model=cfg.d_model, num_heads=cfg.num_heads,
+                       num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                       dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                       rngs=rngs)
+
+
+def _mlp(cfg: ModelConfig, rngs: nnx.Rngs) -> MLP:
+    return MLP(d_model=cfg.d_model, mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,
+               dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+def _relative_bias(cfg: ModelConfig, bidirectional: bool, rngs: nnx.Rngs) -> RelativePositionBias:
+    return RelativePositionBias(num_buckets=cfg.relative_attention_num_buckets,
+                                max_distance=cfg.relative_attention_max_distance,
+                                num_heads=cfg.num_heads, bidirectional=bidirectional,
+                                param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+    """x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attention_norm = _norm(cfg, rngs)
+        self.attention = _attention(cfg, rngs)
+        self.mlp_norm = _norm(cfg, rngs)
+        self.mlp = _mlp(cfg, rngs)
+
+    def __call__(self, x_BxLxD, mask_Bx1xLxL, bias_BxHxLxL):
+        h_BxLxD = self.attention_norm(x_BxLxD)
+        x_BxLxD = x_BxLxD + self.attention(h_BxLxD, h_BxLxD, mask_Bx1xLxL, bias_BxHxLxL)
+        x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+        return constrain(x_BxLxD, _ACTIVATION)
+
+
+class DecoderLayer(nnx.Module):
+    """Causal self-attention, cross-attention to the encoder output, then the MLP; all pre-norm."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.self_attention_norm = _norm(cfg, rngs)
+        self.self_attention = _attention(cfg, rngs)
+        self.cross_attention_norm = _norm(cfg, rngs)
+        self.cross_attention = _attention(cfg, rngs)
+        self.mlp_norm = _norm(cfg, rngs)
+        self.mlp = _mlp(cfg, rngs)
+
+    def __call__(self, y_BxMxD, encoded_BxLxD, mask_Bx1xMxM, bias_BxHxMxM, cross_mask_Bx1xMxL):
+        h_BxMxD = self.self_attention_norm(y_BxMxD)
+        y_BxMxD = y_BxMxD + self.self_attention(h_BxMxD, h_BxMxD, mask_Bx1xMxM, bias_BxHxMxM)
+        y_BxMxD = y_BxMxD + self.cross_attention(self.cross_attention_norm(y_BxMxD),
+                                                 encoded_BxLxD, cross_mask_Bx1xMxL)
+        y_BxMxD = y_BxMxD + self.mlp(self.mlp_norm(y_BxMxD))
+        return constrain(y_BxMxD, _ACTIVATION)
+
+
+def _make_layers(cfg: ModelConfig, num_layers: int, make: Callable[..., nnx.Module],
+                 rngs: nnx.Rngs):
+    """`num_layers` layers: stacked on a leading 'layers' axis (scan_layers) or a list."""
+    if not cfg.scan_layers:
+        return nnx.List([make(cfg, rngs=rngs) for _ in range(num_layers)])
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def stacked(rngs: nnx.Rngs):
+        return make(cfg, rngs=rngs)
+
+    return stacked(rngs)
+
+
+def _run_layers(cfg: ModelConfig, layers, x_BxLxD: jax.Array, *args) -> jax.Array:
+    """Apply every layer in turn as layer(x, *args); `args` are shared by all layers."""
+    def apply(layer, x):
+        return layer(x, *args)
+
+    policy = _REMAT_POLICIES.get(cfg.remat_policy)
+    if policy is not None:
+        apply = nnx.remat(apply, policy=policy, prevent_cse=not cfg.scan_layers)
+    if not cfg.scan_layers:
+        for layer in layers:
+            x_BxLxD = apply(layer, x_BxLxD)
+        return x_BxLxD
+    graphdef, stacked_state = nnx.split(layers)
+
+    def body(x, layer_state):
+        return apply(nnx.merge(graphdef, layer_state), x), None
+
+    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, stacked_state)
+    return x_BxLxD
+
+
+class EncoderStack(nnx.Module):
+    """Encoder layers sharing one bidirectional relative-bias table, then a final norm."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.relative_bias = _relative_bias(cfg, bidirectional=True, rngs=rngs)
+        self.layers = _make_layers(cfg, cfg.num_encoder_layers or cfg.num_layers, EncoderLayer,
+                                   rngs)
+        self.final_norm = _norm(cfg, rngs)
+
+    def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL):
+        mask_Bx1xLxL = attention_mask(segment_ids_BxL, segment_ids_BxL, causal=False)
+        bias_BxHxLxL = self.relative_bias(positions_BxL, positions_BxL)
+        x_BxLxD = _run_layers(self.cfg, self.layers, x_BxLxD, mask_Bx1xLxL, bias_BxHxLxL)
+        return self.final_norm(x_BxLxD)
+
+
+class DecoderStack(nnx.Module):
+    """Decoder layers sharing one causal relative-bias table, then a final norm."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.relative_bias = _relative_bias(cfg, bidirectional=False, rngs=rngs)
+        self.layers = _make_layers(cfg, cfg.num_layers, DecoderLayer, rngs)
+        self.final_norm = _norm(cfg, rngs)
+
+    def __call__(self, y_BxMxD, encoded_BxLxD, segment_ids_BxM, positions_BxM,
+                 encoder_segment_ids_BxL):
+        mask_Bx1xMxM = attention_mask(segment_ids_BxM, segment_ids_BxM, causal=True)
+        bias_BxHxMxM = self.relative_bias(positions_BxM, positions_BxM)
+        cross_mask_Bx1xMxL = attention_mask(segment_ids_BxM, encoder_segment_ids_BxL,
+                                            causal=False)
+        y_BxMxD = _run_layers(self.cfg, self.layers, y_BxMxD, encoded_BxLxD, mask_Bx1xMxM,
+                              bias_BxHxMxM, cross_mask_Bx1xMxL)
+        return self.final_norm(y_BxMxD)
+
+
+def _packing(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None,
+             positions_BxL: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """The given segment ids and positions; where None, those of one unpadded segment per row."""
+    batch, length = tokens_BxL.shape[:2]
+    if segment_ids_BxL is None:
+        segment_ids_BxL = jnp.ones((batch, length), jnp.int32)
+    if positions_BxL is None:
+        positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    return segment_ids_BxL, positions_BxL
+
+
+class EncoderDecoder(nnx.Module):
+    """Shared token embedding -> encoder stack; decoder stack -> logits over the vocabulary.
+
+    Logits come from an untied `lm_head` [D, V] (T5 v1.1, UL2), or with `tie_embeddings` from the
+    embedding itself with the decoder output scaled by d_model**-0.5 (T5 v1.0).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        param_dtype = jnp.dtype(cfg.param_dtype)
+        # T5X: N(0, 1). Tied logits divide by sqrt(d_model), which brings them back to ~1.
+        self.token_embed = param(rngs, nnx.initializers.normal(1.0),
+                                 (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), param_dtype)
+        self.encoder = EncoderStack(cfg, rngs=rngs)
+        self.decoder = DecoderStack(cfg, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = param(rngs, fan_in_init(0, 1), (cfg.d_model, cfg.vocab_size),
+                                 ("embed", "vocab"), param_dtype)
+
+    def _embed(self, tokens_BxL: jax.Array) -> jax.Array:
+        x_BxLxD = jnp.take(self.token_embed[...], tokens_BxL, axis=0)
+        return constrain(x_BxLxD.astype(jnp.dtype(self.cfg.dtype)), _ACTIVATION)
+
+    def encode(self, encoder_input_tokens_BxL: jax.Array,
+               encoder_segment_ids_BxL: jax.Array | None = None,
+               encoder_positions_BxL: jax.Array | None = None) -> jax.Array:
+        """Encoder output [B, L, D] in the compute dtype; None ids/positions = one segment."""
+        segment_ids_BxL, positions_BxL = _packing(
+            encoder_input_tokens_BxL, encoder_segment_ids_BxL, encoder_positions_BxL)
+        return self.encoder(self._embed(encoder_input_tokens_BxL), segment_ids_BxL,
+                            positions_BxL)
+
+    def decode(self, encoded_BxLxD: jax.Array, decoder_input_tokens_BxM: jax.Array,
+               encoder_segment_ids_BxL: jax.Array | None = None,
+               decoder_segment_ids_BxM: jax.Array | None = None,
+               decoder_positions_BxM: jax.Array | None = None) -> jax.Array:
+        """Logits [B, M, V] in float32 given `encode`'s output; None ids/positions = one segment.
+
+        `encoder_segment_ids_BxL` must be those given to `encode`: they tell which encoder tokens
+        each decoder token may attend to (padding is segment 0).
+        """
+        encoder_segment_ids_BxL, _ = _packing(encoded_BxLxD, encoder_segment_ids_BxL, None)
+        segment_ids_BxM, positions_BxM = _packing(
+            decoder_input_tokens_BxM, decoder_segment_ids_BxM, decoder_positions_BxM)
+        y_BxMxD = self.decoder(self._embed(decoder_input_tokens_BxM), encoded_BxLxD,
+                               segment_ids_BxM, positions_BxM, encoder_segment_ids_BxL)
+        dtype = jnp.dtype(self.cfg.dtype)
+        if self.cfg.tie_embeddings:
+            y_BxMxD = y_BxMxD * jnp.asarray(self.cfg.d_model ** -0.5, dtype)
+            logits_BxMxV = y_BxMxD @ self.token_embed[...].astype(dtype).T
+        else:
+            logits_BxMxV = y_BxMxD @ self.lm_head[...].astype(dtype)
+        return constrain(logits_BxMxV.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def __call__(self, encoder_input_tokens_BxL: jax.Array, decoder_input_tokens_BxM: jax.Array,
+                 encoder_segment_ids_BxL: jax.Array | None = None,
+                 decoder_segment_ids_BxM: jax.Array | None = None,
+                 encoder_positions_BxL: jax.Array | None = None,
+                 decoder_positions_BxM: jax.Array | None = None) -> jax.Array:
+        """Logits [B, M, V] in float32 for teacher-forced decoder inputs (targets shifted right
+        within each segment). Segment ids 0 mark padding; None ids/positions = one segment."""
+        encoder_segment_ids_BxL, _ = _packing(encoder_input_tokens_BxL, encoder_segment_ids_BxL,
+                                              None)
+        encoded_BxLxD = self.encode(encoder_input_tokens_BxL, encoder_segment_ids_BxL,
+                                    encoder_positions_BxL)
+        return self.decode(encoded_BxLxD, decoder_input_tokens_BxM, encoder_segment_ids_BxL,
+                           decoder_segment_ids_BxM, decoder_positions_BxM)
