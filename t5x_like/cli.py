@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top_k", type=int, default=0, help="0 = no top-k filter")
     gen.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--mode", choices=("NLU", "NLG", "S2S"),
+                     help="UL2 mode token put in front of the prompt (e.g. S2S to continue it)")
     return parser
 
 
@@ -110,15 +112,30 @@ def cmd_eval(args, flags) -> int:
 def cmd_generate(args, flags) -> int:
     """Print a sampled continuation of the prompt."""
     from t5x_like import gin_loader, inputs, trainer
-    from t5x_like.generate import generate
+    from t5x_like.generate import generate, generate_seq2seq
     cfg = gin_loader.load_model_dir_config(args.model_dir, flags)
     tokenizer = inputs.load_tokenizer(cfg)
     params, graphdef, step, _ = trainer.load_trained(cfg)
+    mode = [tokenizer.mode_token_id(f"[{args.mode}]")] if args.mode else []
+    sampling = dict(max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
+                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed)
+    if cfg.model.architecture == "encoder_decoder":
+        # The encoder sees what the denoisers' inputs looked like: [mode] prompt EOS.
+        new_ids = generate_seq2seq(params, graphdef, mode + tokenizer.encode(args.prompt)
+                                   + [tokenizer.eos_id], **sampling)
+        log.info("sampled %d tokens from step %d", len(new_ids), step)
+        print(tokenizer.decode(new_ids))
+        return 0
+    if cfg.objective.name != "causal_lm":
+        # seqio's prefix-LM layout: decoder inputs [0, inputs..., EOS], prefix attended both ways.
+        prompt = [0] + mode + tokenizer.encode(args.prompt) + [tokenizer.eos_id]
+        new_ids = generate(params, graphdef, prompt, prefix_length=len(prompt), **sampling)
+        log.info("sampled %d tokens from step %d", len(new_ids), step)
+        print(tokenizer.decode(new_ids))
+        return 0
     bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
-    new_ids = generate(params, graphdef, bos + tokenizer.encode(args.prompt),
-                       max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       seed=args.seed)
+    new_ids = generate(params, graphdef, mode + bos + tokenizer.encode(args.prompt), **sampling)
     log.info("sampled %d tokens from step %d", len(new_ids), step)
     print(args.prompt + tokenizer.decode(new_ids))
     return 0

@@ -102,12 +102,31 @@ def _plan_options(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Token
         score_temperature=task.score_temperature if (train and task.score_field) else 0.0)
 
 
-def task_rows(cfg: RunConfig, task: TaskConfig, split: str,
-              tokenizer: Tokenizer) -> pipeline.CausalLMRows:
+def task_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer):
     """The packed rows of one split of a task (prepared and planned on first use)."""
     path = prepare_task(cfg, task, split, tokenizer)
+    if cfg.objective.name != "causal_lm":
+        return _denoising_rows(cfg, task, split, tokenizer, path)
     return pipeline.open_task(path, _plan_options(cfg, task, split, tokenizer),
                               tokenizer.bos_id, tokenizer.eos_id)
+
+
+def _denoising_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer, path):
+    from t5x_like import objectives
+    from t5x_like.data import denoising
+    if task.score_field and split == "train":
+        raise ValueError(f"task {task.name!r}: score-weighted sampling is implemented for "
+                         f"causal_lm only, not for objective {cfg.objective.name!r}")
+    lengths = cfg.data.task_feature_lengths
+    opts = denoising.ExampleOptions(
+        inputs_length=lengths["inputs"], targets_length=lengths["targets"],
+        encoder_decoder=cfg.model.architecture == "encoder_decoder",
+        use_mode_tokens=cfg.objective.use_mode_tokens,
+        sentinel_policy=cfg.objective.sentinel_policy, random_roll=cfg.objective.random_roll,
+        num_sentinels=tokenizer.num_sentinels)
+    return denoising.open_task(path, objectives.denoisers_from_config(cfg.objective),
+                               objectives.SpecialIds.from_tokenizer(tokenizer), opts,
+                               seed=cfg.data.seed if split == "train" else None)
 
 
 def _checked_tokenizer(cfg: RunConfig) -> Tokenizer:

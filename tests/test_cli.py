@@ -57,3 +57,20 @@ def test_eval_and_generate_read_the_checkpoint(runs, capsys):
 def test_bad_flag_exits_2_with_the_key_named(capsys):
     assert cli.main(["train", "--gin.TRAIN_STEPZ=3"]) == 2
     assert "TRAIN_STEPZ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gin_file", ["runs/ul2_tiny.gin", "runs/ul2_decoder_tiny.gin"])
+def test_ul2_trains_on_both_architectures_and_generates_with_a_mode(stdlib_data, tmp_path,
+                                                                     gin_file, capsys):
+    flags = [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={tmp_path}", "--gin.TRAIN_STEPS=40",
+             "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 64}",
+             "--gin.ModelConfig.d_model=64", "--gin.ModelConfig.mlp_dim=128",
+             "--gin.ModelConfig.num_layers=2", "--gin.OptimizerConfig.warmup_steps=5",
+             "--gin.TrainConfig.eval_every=40", "--gin.TrainConfig.log_every=10",
+             f"--gin.DataConfig.data_dir={stdlib_data.data_dir}"]
+    assert cli.main(["train", *flags]) == 0
+    evals = [r["eval_loss"] for r in read_metrics(str(tmp_path)) if "eval_loss" in r]
+    assert evals[-1] < 0.8 * evals[0]
+    capsys.readouterr()
+    assert cli.main(["generate", f"--model_dir={tmp_path}", "--mode=S2S", "def main(",
+                     "--max_new_tokens=4"]) == 0

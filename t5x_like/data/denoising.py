@@ -1,0 +1,236 @@
+"""Packed rows for denoising objectives (span corruption, prefix LM, UL2) on both architectures.
+
+Order of work, as the UL2 spec asks: the denoiser of every piece is chosen first (seeded per
+document), which fixes the piece's raw length and its output lengths (they depend only on the
+raw length); the pieces are then packed — two-dimensionally for an encoder-decoder, whose rows
+must fit both the inputs and the targets budget; the noise masks are drawn last, when a row is
+assembled, from a seed per piece, so the plan and the rows always agree.
+
+Features (0 = padding everywhere):
+- encoder-decoder: ``encoder_input_tokens/segment_ids/positions`` ``[B, Li]`` and
+  ``decoder_input_tokens/target_tokens/segment_ids/positions/loss_weights`` ``[B, Lt]``;
+  decoder inputs are the targets shifted right within each segment (0 at a segment start).
+- decoder-only (prefix LM): the decoder features over ``[B, Li + Lt]`` plus
+  ``decoder_causal_attention`` (1 on the prefix and the first target position).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Sequence
+
+import numpy as np
+
+from t5x_like import objectives
+from t5x_like.data import packing
+from t5x_like.data.prepared import PreparedDataset
+
+ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+DECODER_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+                    "decoder_positions", "decoder_loss_weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleOptions:
+    """How pieces become examples: budgets, architecture and the objective's switches."""
+
+    inputs_length: int
+    targets_length: int
+    encoder_decoder: bool
+    use_mode_tokens: bool = True
+    sentinel_policy: str = "cap"
+    random_roll: bool = False
+    num_sentinels: int = 100
+
+    def lengths_kwargs(self) -> dict:
+        """Keyword arguments shared by the objectives' length functions."""
+        return dict(use_mode_token=self.use_mode_tokens, sentinel_policy=self.sentinel_policy,
+                    num_sentinels=self.num_sentinels, random_roll=self.random_roll)
+
+
+def piece_seed(seed: int, piece: int) -> int:
+    """The seed of one piece's noise mask or prefix split: planning and assembly must agree."""
+    return int(np.random.SeedSequence([seed, piece]).generate_state(1)[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DenoisingPlan:
+    """Pieces (document ranges with a denoiser), their output lengths, and their rows."""
+
+    piece_doc_P: np.ndarray
+    piece_start_P: np.ndarray
+    piece_len_P: np.ndarray
+    piece_denoiser_P: np.ndarray
+    inputs_len_P: np.ndarray
+    targets_len_P: np.ndarray
+    row_ptr_R1: np.ndarray
+    row_pieces_P: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the plan."""
+        return len(self.row_ptr_R1) - 1
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every array to one ``.npz`` at exactly ``path``."""
+        with open(path, "wb") as f:
+            np.savez(f, **{k.name: getattr(self, k.name) for k in dataclasses.fields(self)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DenoisingPlan":
+        """Read a plan written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls(**{k.name: data[k.name] for k in dataclasses.fields(cls)})
+
+
+def cut_pieces(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions, seed: int):
+    """Cut each document into pieces sized for the denoiser drawn for each piece.
+
+    Returns (doc, start, raw length, denoiser index) per piece. Each document draws its
+    denoisers from its own seeded stream, so the cut does not depend on the other documents.
+    """
+    raw_max = [objectives.raw_length_for(opts.inputs_length, opts.targets_length, d,
+                                         **opts.lengths_kwargs()) for d in denoisers]
+    if not denoisers:
+        raise ValueError("no denoisers: the causal_lm objective packs with pipeline.open_task")
+    weights = np.array([d.weight for d in denoisers], np.float64)
+    probs = weights / weights.sum()
+    docs, starts, lens, dens = [], [], [], []
+    for doc, n in enumerate(lengths_D.tolist()):
+        rng = np.random.default_rng([seed, doc])
+        start = 0
+        while start < n:
+            k = int(rng.choice(len(probs), p=probs))
+            size = min(n - start, raw_max[k])
+            docs.append(doc), starts.append(start), lens.append(size), dens.append(k)
+            start += size
+    return (np.array(docs, np.int64), np.array(starts, np.int64), np.array(lens, np.int64),
+            np.array(dens, np.int16))
+
+
+def _rows_from_assignment(row_P: np.ndarray, offset_P: np.ndarray, num_rows: int, seed):
+    """CSR (row_ptr, pieces in offset order), rows in a seeded shuffled order."""
+    perm = np.arange(num_rows) if seed is None else np.random.default_rng(seed).permutation(num_rows)
+    new_row_P = np.argsort(perm)[row_P]
+    order = np.lexsort((offset_P, new_row_P))
+    counts = np.bincount(new_row_P, minlength=num_rows)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), order.astype(np.int64)
+
+
+def plan_denoising(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions,
+                   seed: int | None) -> DenoisingPlan:
+    """Choose denoisers, cut pieces, compute their output lengths and pack them."""
+    doc_P, start_P, len_P, den_P = cut_pieces(lengths_D, denoisers, opts, seed or 0)
+    out = [objectives.output_lengths(int(n), denoisers[k], seed=piece_seed(seed or 0, p),
+                                     **opts.lengths_kwargs())
+           for p, (n, k) in enumerate(zip(len_P, den_P))]
+    in_P = np.array([o[0] for o in out], np.int64).reshape(-1)
+    tgt_P = np.array([o[1] for o in out], np.int64).reshape(-1)
+    if opts.encoder_decoder:
+        row_ptr, row_pieces, _, _ = packing.plan_packing_2d(
+            in_P, tgt_P, opts.inputs_length, opts.targets_length, seed=seed)
+    else:
+        row_P, offset_P, num_rows = packing.best_fit_decreasing(
+            in_P + tgt_P, opts.inputs_length + opts.targets_length)
+        row_ptr, row_pieces = _rows_from_assignment(row_P, offset_P, num_rows, seed)
+    return DenoisingPlan(doc_P, start_P, len_P, den_P, in_P, tgt_P, np.asarray(row_ptr),
+                         np.asarray(row_pieces))
+
+
+def _shift_right(targets: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], targets[:-1]]).astype(np.int32)
+
+
+class DenoisingRows:
+    """Assembles the rows of a :class:`DenoisingPlan` (picklable, for grain workers)."""
+
+    def __init__(self, docs, plan: DenoisingPlan, denoisers: Sequence, ids, opts: ExampleOptions,
+                 seed: int = 0):
+        """``docs``: a prepared dataset's path (opened lazily) or an in-memory store."""
+        self._path = str(docs) if isinstance(docs, (str, os.PathLike)) else None
+        self._docs = None if self._path else docs
+        self.plan, self.denoisers, self.ids, self.opts, self.seed = plan, list(denoisers), ids, opts, seed
+
+    def __getstate__(self):
+        return self.__dict__ | ({"_docs": None} if self._path else {})
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the plan."""
+        return self.plan.num_rows
+
+    def _examples(self, rows_B: np.ndarray):
+        """(row position, inputs, targets) of every piece of the given rows, in row order."""
+        plan = self.plan
+        lo_B, hi_B = plan.row_ptr_R1[rows_B], plan.row_ptr_R1[rows_B + 1]
+        pieces_P = np.concatenate([plan.row_pieces_P[a:b] for a, b in zip(lo_B, hi_B)])
+        row_of_P = np.repeat(np.arange(len(rows_B)), hi_B - lo_B)
+        if self._docs is None:
+            self._docs = PreparedDataset(self._path)
+        raw = self._docs.pieces(plan.piece_doc_P[pieces_P], plan.piece_start_P[pieces_P],
+                                plan.piece_len_P[pieces_P])
+        for r, p, tokens in zip(row_of_P, pieces_P, raw):
+            inputs, targets = objectives.build_example(
+                np.asarray(tokens, np.int32), self.denoisers[plan.piece_denoiser_P[p]],
+                seed=piece_seed(self.seed, int(p)),
+                tokenizer_ids=self.ids, use_mode_token=self.opts.use_mode_tokens,
+                sentinel_policy=self.opts.sentinel_policy, random_roll=self.opts.random_roll)
+            yield r, inputs, targets
+
+    def __call__(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
+        """Features of rows ``rows_B``."""
+        rows_B = np.asarray(rows_B, np.int64)
+        o = self.opts
+        dec_len = o.targets_length if o.encoder_decoder else o.inputs_length + o.targets_length
+        names = DECODER_FEATURES + (ENCODER_FEATURES if o.encoder_decoder
+                                    else ("decoder_causal_attention",))
+        out = {k: np.zeros((len(rows_B), o.inputs_length if k.startswith("encoder") else dec_len),
+                           np.int32) for k in names}
+        enc_fill, dec_fill = np.zeros(len(rows_B), int), np.zeros(len(rows_B), int)
+        segment = np.zeros(len(rows_B), int)
+        for r, inputs, targets in self._examples(rows_B):
+            segment[r] += 1
+            if o.encoder_decoder:
+                a, n = enc_fill[r], len(inputs)
+                out["encoder_input_tokens"][r, a:a + n] = inputs
+                out["encoder_segment_ids"][r, a:a + n] = segment[r]
+                out["encoder_positions"][r, a:a + n] = np.arange(n)
+                enc_fill[r] += n
+                feats = {"decoder_target_tokens": targets, "decoder_input_tokens": _shift_right(targets),
+                         "decoder_loss_weights": np.ones(len(targets), np.int32)}
+            else:
+                feats = objectives.to_decoder_only(inputs, targets, len(inputs) + len(targets))
+            a, n = dec_fill[r], len(feats["decoder_target_tokens"])
+            for k, v in feats.items():
+                out[k][r, a:a + n] = v
+            out["decoder_segment_ids"][r, a:a + n] = segment[r]
+            out["decoder_positions"][r, a:a + n] = np.arange(n)
+            dec_fill[r] += n
+        return out
+
+
+_PLAN_VERSION = 1
+
+
+def open_task(dataset_path, denoisers: Sequence, ids, opts: ExampleOptions,
+              seed: int | None) -> DenoisingRows:
+    """The denoising rows of a prepared dataset; the plan is built once and kept in ``plans/``.
+
+    ``seed`` None (eval) keeps rows unshuffled; masks are then drawn from seed 0.
+    """
+    dataset = PreparedDataset(dataset_path)
+    identity = repr((_PLAN_VERSION, dataclasses.astuple(opts),
+                     [dataclasses.astuple(d) for d in denoisers], seed))
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    path = dataset.path / "plans" / f"denoise_v{_PLAN_VERSION}_{key}.npz"
+    if path.is_file():
+        plan = DenoisingPlan.load(path)
+    else:
+        plan = plan_denoising(dataset.lengths_D, denoisers, opts, seed)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        plan.save(tmp)
+        os.replace(tmp, path)
+    return DenoisingRows(dataset_path, plan, denoisers, ids, opts, seed=seed or 0)
