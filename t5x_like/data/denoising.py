@@ -91,7 +91,9 @@ def cut_pieces(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions,
     Returns (doc, start, raw length, denoiser index) per piece. Each document draws its
     denoisers from its own seeded stream, so the cut does not depend on the other documents.
     """
+    # A decoder-only row holds inputs and targets together: only their sum is budgeted.
     raw_max = [objectives.raw_length_for(opts.inputs_length, opts.targets_length, d,
+                                         combined=not opts.encoder_decoder,
                                          **opts.lengths_kwargs()) for d in denoisers]
     if not denoisers:
         raise ValueError("no denoisers: the causal_lm objective packs with pipeline.open_task")

@@ -170,8 +170,11 @@ def max_output_lengths(n: int, denoiser: Denoiser, *, use_mode_token: bool, sent
 
 def raw_length_for(inputs_length: int, targets_length: int, denoiser: Denoiser, *,
                    use_mode_token: bool, sentinel_policy: str, num_sentinels: int,
-                   random_roll: bool = False) -> int:
+                   random_roll: bool = False, combined: bool = False) -> int:
     """Largest raw piece length T whose example fits ``inputs_length``/``targets_length``.
+
+    ``combined``: only the sum must fit ``inputs_length + targets_length`` — a decoder-only
+    prefix LM puts inputs and targets in one row, so splitting the budget would waste it.
 
     Every piece of 1..T tokens fits, for every seed (the bounds of ``max_output_lengths`` grow
     with the length). For R/X without mode token or cap this is the reference
@@ -187,6 +190,8 @@ def raw_length_for(inputs_length: int, targets_length: int, denoiser: Denoiser, 
                                  sentinel_policy="cap" if sentinel_policy == "error" else sentinel_policy,
                                  num_sentinels=num_sentinels if sentinel_policy == "cap" else 1 << 62,
                                  random_roll=random_roll)
+        if combined:
+            return got[0] + got[1] <= inputs_length + targets_length
         return got[0] <= inputs_length and got[1] <= targets_length
 
     if not fits(1):

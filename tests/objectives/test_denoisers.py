@@ -250,3 +250,18 @@ def test_to_decoder_only_matches_seqio_prefix_lm():
     assert all(v.dtype == np.int32 and v.shape == (14,) for v in got.values())
     with pytest.raises(ValueError, match="exceed length 6"):
         to_decoder_only([7, 8, 5, 1], [3, 9, 1], 6)
+
+
+@pytest.mark.parametrize("budgets", [(128, 128), (1024, 1024)])
+def test_combined_budget_fills_a_decoder_only_row(budgets):
+    rng = np.random.default_rng(budgets[0])
+    total = sum(budgets)
+    for d in UL2_DENOISERS + UL2R_DENOISERS:
+        kw = dict(num_sentinels=100, **kwargs("cap", False, True))
+        raw = raw_length_for(*budgets, d, combined=True, **kw)
+        assert raw >= raw_length_for(*budgets, d, **kw)  # never smaller than the split budget
+        over = max_output_lengths(raw + 1, d, **kw)
+        assert over[0] + over[1] > total, d.name  # raw is the largest that fits the sum
+        for _ in range(6):
+            inputs, targets = build(text(rng, raw), d, int(rng.integers(1 << 30)), roll=False)
+            assert len(inputs) + len(targets) <= total, d.name
