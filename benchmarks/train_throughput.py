@@ -1,7 +1,18 @@
-"""Train-step throughput and MFU: t5x_like vs Hugging Face transformers' PyTorch Llama.
+"""Train-step throughput and MFU: t5x_like vs Hugging Face transformers' PyTorch Llama and T5.
 
     python benchmarks/train_throughput.py [--configs tiny,llama_100m] [--batch_size 8]
-        [--seq_len 256] [--steps N] [--warmup 2] [--rounds 3] [--json PATH]
+        [--seq_len 256] [--inputs_len 128] [--targets_len 128] [--steps N] [--warmup 2]
+        [--rounds 3] [--json PATH]
+
+Decoder-only configs (`tiny`, `llama_100m`, the default) are compared with `LlamaForCausalLM`
+at `--seq_len`; encoder-decoder configs (`t5_tiny`, `t5_100m`) with `T5ForConditionalGeneration`
+at `--inputs_len` encoder + `--targets_len` decoder tokens per row (128 + 128 by default: the
+256 tokens of a decoder row, split as in `configs/runs/ul2_tiny.gin`); `--seq_len` applies only
+to decoders, `--inputs_len`/`--targets_len` only to encoder-decoders, so both kinds can share one
+`--configs` list. Timed steps per block by default: tiny and t5_tiny 15, llama_100m 3, t5_100m 5.
+The encoder-decoder comparison (the default `--configs` stays tiny,llama_100m):
+
+    python benchmarks/train_throughput.py --configs t5_tiny,t5_100m --json /tmp/bench_t5.json
 
 Methodology
 -----------
@@ -12,22 +23,33 @@ Methodology
   bookkeeping (z-loss, accuracy, norms, the non-finite guard).
 * The reference is `transformers.LlamaForCausalLM` (float32, `attn_implementation="sdpa"`) with
   the same vocabulary, widths, heads, GQA, RoPE theta, norm epsilon and embedding tying; the
-  parameter counts are asserted equal. Its step is forward, token cross-entropy on the logits,
-  backward, `clip_grad_norm_(1.0)` and `torch.optim.AdamW` (fused CPU kernel when available) with
-  the same lr/betas/eps, weight decay on matrices only (as t5x_like masks norm scales).
+  parameter counts are asserted equal. For encoder-decoder configs it is
+  `transformers.T5ForConditionalGeneration` (float32, SDPA with T5's relative-position bias as
+  the additive mask; eager attention measured the same on t5_tiny) with the same vocabulary,
+  widths, heads, encoder/decoder depths, gated-GELU MLP (`feed_forward_proj='gated-gelu'`),
+  position buckets, norm epsilon and an untied `lm_head`
+  (the installed transformers ties T5's `lm_head` to the embedding whatever the config says, so
+  it gets a parameter of its own, as T5 v1.1 has); parameter counts are asserted equal too.
+  The reference step is forward, token cross-entropy on the logits, backward,
+  `clip_grad_norm_(1.0)` and `torch.optim.AdamW` (fused CPU kernel when available) with the same
+  lr/betas/eps, weight decay on matrices only (as t5x_like masks norm scales).
 * Both get the same seeded random tokens ([B, L+1] -> inputs/targets shifted by one, one
-  segment per row, every token weighted), and all cores (`torch.set_num_threads(os.cpu_count())`;
-  XLA uses its default thread pool).
+  segment per row, every token weighted; encoder-decoder: [B, Li] encoder tokens and [B, Lt]
+  targets, decoder inputs = targets shifted right with 0 first, as T5 does), and all cores
+  (`torch.set_num_threads(os.cpu_count())`; XLA uses its default thread pool).
 * Timing: each implementation is built, compiled and run for `--warmup` untimed steps, then one
   block of `--steps` steps is timed. Blocks alternate between the implementations for
   `--rounds` rounds, so a change in machine load hits both alike, and every block runs in a
   fresh process, so XLA's and torch's thread pools never compete (torch's OpenMP workers spin
   after each op). XLA steps are dispatched back to back (as the trainer's loop does) and
   blocked on once; PyTorch on CPU is synchronous. tokens/s per block = steps x B x L / block
-  wall time; each side reports its median block, and the min-max.
+  wall time, where an encoder-decoder row counts its encoder and its decoder tokens,
+  L = Li + Lt (as the trainer's tokens/s does); each side reports its median block, and the
+  min-max.
 * MFU = tokens/s x `t5x_like.config.flops_per_token` (6 x matmul params + attention, PaLM
-  convention, same number for both) / peak. The peak is measured in the same run: the best
-  float32 square-matmul FLOP/s of XLA (`metrics.measure_matmul_peak`) and of `torch.mm`, at
+  convention, same number for both; encoder-decoder: `flops_per_token(cfg, Li + Lt, Li)`, a
+  row's FLOPs spread over its Li + Lt tokens) / peak. The peak is measured in the same run: the
+  best float32 square-matmul FLOP/s of XLA (`metrics.measure_matmul_peak`) and of `torch.mm`, at
   2048 and 4096; the larger of the two is the single denominator for every row.
 """
 
@@ -51,33 +73,68 @@ from t5x_like.config import RunConfig, flops_per_token
 from t5x_like.gin_loader import load_run_config
 from t5x_like.metrics import measure_matmul_peak
 
-DEFAULT_STEPS = {"tiny": 15, "llama_100m": 3}
+DEFAULT_STEPS = {"tiny": 15, "llama_100m": 3, "t5_tiny": 15, "t5_100m": 5}
 PEAK_SIZES = (2048, 4096)
 
 
 # ------------------------------------------------------------------------------ shared inputs
 
-def run_config(name: str, batch_size: int, seq_len: int) -> RunConfig:
-    """The shipped `configs/models/<name>.gin` with the benchmark's batch and length."""
+def is_encoder_decoder(cfg: RunConfig) -> bool:
+    """Whether the config is an encoder-decoder (T5 reference) rather than a decoder (Llama)."""
+    return cfg.model.architecture == "encoder_decoder"
+
+
+def run_config(name: str, args) -> RunConfig:
+    """The shipped `configs/models/<name>.gin` with the benchmark's batch and lengths: {'targets':
+    seq_len} for a decoder, {'inputs': inputs_len, 'targets': targets_len} for an
+    encoder-decoder (with a denoising objective, which such lengths need; it does not enter the
+    train step)."""
     cfg = load_run_config([f"models/{name}.gin"])
+    train = dataclasses.replace(cfg.train, batch_size=args.batch_size)
+    if not is_encoder_decoder(cfg):
+        return dataclasses.replace(cfg, train=train, data=dataclasses.replace(
+            cfg.data, task_feature_lengths={"targets": args.seq_len}))
+    lengths = {"inputs": args.inputs_len, "targets": args.targets_len}
     return dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size),
-        data=dataclasses.replace(cfg.data, task_feature_lengths={"targets": seq_len}))
+        cfg, train=train, data=dataclasses.replace(cfg.data, task_feature_lengths=lengths),
+        objective=dataclasses.replace(cfg.objective, name="span_corruption"))
 
 
-def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0
-                 ) -> dict[str, np.ndarray]:
-    """A seeded batch of random tokens in t5x_like's feature layout (one segment per row)."""
-    tokens = np.random.default_rng(seed).integers(0, vocab_size, (batch_size, seq_len + 1))
-    tokens = tokens.astype(np.int32)
-    ones = np.ones((batch_size, seq_len), np.int32)
+def _positions(batch_size: int, length: int) -> np.ndarray:
+    return np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length)).copy()
+
+
+def random_batch(cfg: RunConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """A seeded batch of random tokens in t5x_like's feature layout (one segment per row, no
+    padding): decoder-only rows of L tokens, or encoder-decoder rows of Li inputs and Lt
+    targets whose decoder inputs are the targets shifted right (0 first)."""
+    rng = np.random.default_rng(seed)
+    batch_size, vocab_size = cfg.train.batch_size, cfg.model.vocab_size
+    lengths = cfg.data.task_feature_lengths
+    if not is_encoder_decoder(cfg):
+        seq_len = lengths["targets"]
+        tokens = rng.integers(0, vocab_size, (batch_size, seq_len + 1)).astype(np.int32)
+        ones = np.ones((batch_size, seq_len), np.int32)
+        return {
+            "decoder_input_tokens": tokens[:, :-1].copy(),
+            "decoder_target_tokens": tokens[:, 1:].copy(),
+            "decoder_segment_ids": ones,
+            "decoder_positions": _positions(batch_size, seq_len),
+            "decoder_loss_weights": ones.copy(),
+        }
+    inputs_len, targets_len = lengths["inputs"], lengths["targets"]
+    inputs = rng.integers(0, vocab_size, (batch_size, inputs_len)).astype(np.int32)
+    targets = rng.integers(0, vocab_size, (batch_size, targets_len)).astype(np.int32)
+    decoder_inputs = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], 1)
     return {
-        "decoder_input_tokens": tokens[:, :-1].copy(),
-        "decoder_target_tokens": tokens[:, 1:].copy(),
-        "decoder_segment_ids": ones,
-        "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
-                                             (batch_size, seq_len)).copy(),
-        "decoder_loss_weights": ones.copy(),
+        "encoder_input_tokens": inputs,
+        "encoder_segment_ids": np.ones((batch_size, inputs_len), np.int32),
+        "encoder_positions": _positions(batch_size, inputs_len),
+        "decoder_input_tokens": decoder_inputs,
+        "decoder_target_tokens": targets,
+        "decoder_segment_ids": np.ones((batch_size, targets_len), np.int32),
+        "decoder_positions": _positions(batch_size, targets_len),
+        "decoder_loss_weights": np.ones((batch_size, targets_len), np.int32),
     }
 
 
@@ -129,8 +186,11 @@ def t5x_like_runner(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[Calla
 # ------------------------------------------------------------------------------ PyTorch / HF
 
 def hf_model(cfg: RunConfig):
-    """`LlamaForCausalLM` with t5x_like's shapes, float32, SDPA attention."""
+    """`LlamaForCausalLM` (decoder) or `T5ForConditionalGeneration` (encoder-decoder) with
+    t5x_like's shapes, float32, SDPA attention."""
     import torch
+    if is_encoder_decoder(cfg):
+        return hf_t5_model(cfg)
     from transformers import LlamaConfig, LlamaForCausalLM
     m = cfg.model
     hf_cfg = LlamaConfig(
@@ -143,6 +203,36 @@ def hf_model(cfg: RunConfig):
     torch.manual_seed(cfg.train.seed)
     model = LlamaForCausalLM._from_config(hf_cfg, attn_implementation="sdpa",
                                           dtype=torch.float32)
+    return model.train()
+
+
+HF_T5_FEED_FORWARD = {"gelu_tanh": "gated-gelu", "silu": "gated-silu", "relu": "relu"}
+
+
+def hf_t5_model(cfg: RunConfig):
+    """`T5ForConditionalGeneration` with t5x_like's encoder-decoder shapes (T5 v1.1: gated-GELU,
+    untied lm_head), float32, SDPA attention (T5's position bias as the additive mask)."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+    m = cfg.model
+    if m.num_kv_heads != m.num_heads:
+        raise ValueError(f"T5 has multi-head attention; {m.num_kv_heads=} != {m.num_heads=}")
+    hf_cfg = T5Config(
+        vocab_size=m.vocab_size, d_model=m.d_model, d_kv=m.head_dim, d_ff=m.mlp_dim,
+        num_layers=m.num_encoder_layers or m.num_layers, num_decoder_layers=m.num_layers,
+        num_heads=m.num_heads, relative_attention_num_buckets=m.relative_attention_num_buckets,
+        relative_attention_max_distance=m.relative_attention_max_distance,
+        feed_forward_proj=HF_T5_FEED_FORWARD[m.mlp_activation], layer_norm_epsilon=m.norm_eps,
+        tie_word_embeddings=m.tie_embeddings, dropout_rate=0.0, use_cache=False,
+        decoder_start_token_id=0, pad_token_id=0)
+    torch.manual_seed(cfg.train.seed)
+    model = T5ForConditionalGeneration._from_config(hf_cfg, attn_implementation="sdpa",
+                                                    dtype=torch.float32)
+    if not m.tie_embeddings and model.lm_head.weight is model.shared.weight:
+        # The installed transformers ties T5's lm_head to `shared` whatever the config says
+        # (it only drops the d_model**-0.5 logit scale): give it its own weight, as T5 v1.1 has.
+        model.lm_head.weight = torch.nn.Parameter(
+            torch.randn(m.vocab_size, m.d_model) * m.d_model ** -0.5)
     return model.train()
 
 
@@ -168,14 +258,19 @@ def hf_runner(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[Callable, d
     model = hf_model(cfg)
     optimizer, kind = hf_optimizer(model, cfg)
     info = {"params": sum(p.numel() for p in model.parameters()),
-            "optimizer": f"torch.optim.AdamW({kind})"}
-    inputs = torch.from_numpy(batch["decoder_input_tokens"]).long()
-    targets = torch.from_numpy(batch["decoder_target_tokens"]).long()
+            "model": type(model).__name__, "optimizer": f"torch.optim.AdamW({kind})"}
+    tensors = {k: torch.from_numpy(v).long() for k, v in batch.items()}
+    if is_encoder_decoder(cfg):  # no attention masks: one unpadded segment per row
+        model_inputs = {"input_ids": tensors["encoder_input_tokens"],
+                        "decoder_input_ids": tensors["decoder_input_tokens"]}
+    else:
+        model_inputs = {"input_ids": tensors["decoder_input_tokens"]}
+    targets = tensors["decoder_target_tokens"]
     clip = cfg.optimizer.grad_clip_norm
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        logits = model(input_ids=inputs).logits
+        logits = model(**model_inputs).logits
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
         if clip > 0:
@@ -196,14 +291,19 @@ def hf_runner(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[Callable, d
 
 def make_row(impl: str, name: str, cfg: RunConfig, info: dict[str, Any], block_seconds: list,
              steps: int, peak: float) -> dict[str, Any]:
-    """One table/JSON row: median-over-rounds throughput and MFU."""
+    """One table/JSON row: median-over-rounds throughput and MFU. An encoder-decoder row counts
+    its encoder and decoder tokens (seq_len = inputs_len + targets_len), as the trainer does."""
     tokens = steps * cfg.train.batch_size * cfg.data.seq_len
     seconds = statistics.median(block_seconds)
     tps = tokens / seconds
-    fpt = flops_per_token(cfg.model, cfg.data.seq_len)
+    inputs_len = cfg.data.task_feature_lengths.get("inputs")
+    fpt = flops_per_token(cfg.model, cfg.data.seq_len, inputs_len)
+    lengths = ({"inputs_len": inputs_len, "targets_len": cfg.data.task_feature_lengths["targets"]}
+               if inputs_len is not None else {})
     return {"implementation": impl, "config": name, "params": info["params"],
-            "batch_size": cfg.train.batch_size, "seq_len": cfg.data.seq_len, "steps": steps,
-            "rounds": len(block_seconds), "tokens_per_second": tps, "mfu": tps * fpt / peak,
+            "batch_size": cfg.train.batch_size, "seq_len": cfg.data.seq_len, **lengths,
+            "steps": steps, "rounds": len(block_seconds), "tokens_per_second": tps,
+            "mfu": tps * fpt / peak,
             "flops_per_token": fpt, "peak_flops": peak, "step_seconds": seconds / steps,
             "block_tokens_per_second": [tokens / s for s in block_seconds],
             **{k: v for k, v in info.items() if k != "params"}}
@@ -211,10 +311,11 @@ def make_row(impl: str, name: str, cfg: RunConfig, info: dict[str, Any], block_s
 
 def time_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
     """Build one implementation, warm it up and time one block of steps (worker process)."""
-    cfg = run_config(name, args.batch_size, args.seq_len)
-    batch = random_batch(cfg.model.vocab_size, args.batch_size, args.seq_len, args.seed)
+    cfg = run_config(name, args)
+    batch = random_batch(cfg, args.seed)
     run_block, info = (t5x_like_runner if impl == "t5x_like" else hf_runner)(cfg, batch)
-    run_block(args.warmup)
+    if args.warmup:
+        run_block(args.warmup)
     return run_block(args.steps or DEFAULT_STEPS.get(name, 5)), info
 
 
@@ -223,6 +324,7 @@ def _worker_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
     (torch's OpenMP workers spin after each op and would steal cores from XLA)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--_worker", impl, "--configs", name,
            "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
+           "--inputs_len", str(args.inputs_len), "--targets_len", str(args.targets_len),
            "--steps", str(args.steps or DEFAULT_STEPS.get(name, 5)),
            "--warmup", str(args.warmup), "--seed", str(args.seed)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -233,7 +335,7 @@ def _worker_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
 def benchmark_config(name: str, args, peak: float) -> list[dict[str, Any]]:
     """Both implementations on one config: rounds alternate between them (so drifting machine
     load hits both), each block in its own process; each side reports its median block."""
-    cfg = run_config(name, args.batch_size, args.seq_len)
+    cfg = run_config(name, args)
     steps = args.steps or DEFAULT_STEPS.get(name, 5)
     times, infos = {"t5x_like": [], "hf_pytorch": []}, {}
     for _ in range(args.rounds):
@@ -255,19 +357,30 @@ def print_table(rows: list[dict[str, Any]], peaks: dict[str, float]) -> None:
     for r in rows:
         ratio = tps[("t5x_like", r["config"])] / tps[("hf_pytorch", r["config"])]
         spread = r["block_tokens_per_second"]
+        row = (f"({r['inputs_len']}+{r['targets_len']})" if "inputs_len" in r
+               else str(r["seq_len"]))
         print(f"| {r['implementation']} | {r['config']} | {r['params'] / 1e6:.2f}M | "
-              f"{r['batch_size']}x{r['seq_len']} | {r['steps']}x{r['rounds']} | "
+              f"{r['batch_size']}x{row} | {r['steps']}x{r['rounds']} | "
               f"{r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
               f"{min(spread):,.0f}-{max(spread):,.0f} | {100 * r['mfu']:.1f}% | {ratio:.2f} |")
+    if any("inputs_len" in r for r in rows):
+        print("\nencoder-decoder rows: tokens/row = encoder inputs + decoder targets (Li+Lt), "
+              "and tokens/s counts both; FLOPs/token = flops_per_token(cfg, Li+Lt, Li)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", default="tiny,llama_100m",
-                   help="comma-separated configs/models/*.gin names")
+                   help="comma-separated configs/models/*.gin names: decoders (tiny, "
+                        "llama_100m; vs LlamaForCausalLM) or encoder-decoders (t5_tiny, "
+                        "t5_100m; vs T5ForConditionalGeneration)")
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--seq_len", type=int, default=256)
+    p.add_argument("--seq_len", type=int, default=256, help="row length of decoder configs")
+    p.add_argument("--inputs_len", type=int, default=128,
+                   help="encoder tokens per row of encoder-decoder configs")
+    p.add_argument("--targets_len", type=int, default=128,
+                   help="decoder tokens per row of encoder-decoder configs")
     p.add_argument("--steps", type=int, default=0,
                    help=f"timed steps; 0 = per-config default {DEFAULT_STEPS}")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
