@@ -84,3 +84,17 @@ def random_seq2seq_rows(num_rows: int, inputs_len: int, targets_len: int, vocab:
                     rows["decoder_input_tokens"][r, a:b] = np.concatenate([[0], targets[:-1]])
                     rows["decoder_loss_weights"][r, a:b] = 1
     return rows
+
+
+def partitioner_for(shape):
+    """A Partitioner over the first prod(shape) fake devices, with the default axis rules."""
+    import jax
+    from t5x_like.config import RunConfig
+    from t5x_like.partitioning import Partitioner, make_mesh
+    devices = jax.devices()[:int(np.prod(shape))]
+    return Partitioner(make_mesh(shape, devices=devices), RunConfig().mesh.logical_axis_rules)
+
+
+def losses_of(rows):
+    """{step: loss} of the train rows a run returned."""
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}

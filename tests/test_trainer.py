@@ -9,13 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import MICRO_MODEL, random_packed_rows
+from conftest import MICRO_MODEL, losses_of, partitioner_for, random_packed_rows
 from t5x_like import trainer
 from t5x_like.checkpointing import CheckpointMismatchError
 from t5x_like.config import OptimizerConfig, RunConfig, TrainConfig, DataConfig
 from t5x_like.data import pipeline
 from t5x_like.inputs import Inputs
-from t5x_like.partitioning import Partitioner, make_mesh
 
 ROWS = random_packed_rows(96, 32, MICRO_MODEL.vocab_size)
 
@@ -34,28 +33,19 @@ def _inputs():
                   pipeline.eval_batches(ROWS, global_batch_size=8, max_batches=2))
 
 
-def _partitioner(shape):
-    devices = jax.devices()[:int(np.prod(shape))]
-    return Partitioner(make_mesh(shape, devices=devices), RunConfig().mesh.logical_axis_rules)
-
-
-def _losses(rows):
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A 6-step run on one device."""
     model_dir = tmp_path_factory.mktemp("reference")
-    rows = trainer.train(_cfg(model_dir), _inputs(), partitioner=_partitioner((1, 1, 1)))
+    rows = trainer.train(_cfg(model_dir), _inputs(), partitioner=partitioner_for((1, 1, 1)))
     return model_dir, rows
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)])
 def test_same_losses_on_every_mesh(reference, tmp_path, shape):
-    rows = trainer.train(_cfg(tmp_path), _inputs(), partitioner=_partitioner(shape))
-    ref = _losses(reference[1])
-    got = _losses(rows)
+    rows = trainer.train(_cfg(tmp_path), _inputs(), partitioner=partitioner_for(shape))
+    ref = losses_of(reference[1])
+    got = losses_of(rows)
     assert sorted(got) == sorted(ref) == list(range(1, 7))
     # Step 1 sees identical parameters: only the reduction order differs across meshes. Later
     # steps compound float32 noise through Adam's m / sqrt(v), hence the looser bound.
@@ -64,11 +54,11 @@ def test_same_losses_on_every_mesh(reference, tmp_path, shape):
 
 
 def test_resume_is_bit_identical(reference, tmp_path):
-    trainer.train(_cfg(tmp_path, steps=4), _inputs(), partitioner=_partitioner((1, 1, 1)))
-    trainer.train(_cfg(tmp_path, steps=6), _inputs(), partitioner=_partitioner((1, 1, 1)))
+    trainer.train(_cfg(tmp_path, steps=4), _inputs(), partitioner=partitioner_for((1, 1, 1)))
+    trainer.train(_cfg(tmp_path, steps=6), _inputs(), partitioner=partitioner_for((1, 1, 1)))
     with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
-    assert _losses(rows) == _losses(reference[1])  # exact, not approximate
+    assert losses_of(rows) == losses_of(reference[1])  # exact, not approximate
     ref_rows = [json.loads(line) for line in open(reference[0] / "metrics.jsonl")]
     assert [r["eval_loss"] for r in rows if "eval_loss" in r][-1] == \
         [r["eval_loss"] for r in ref_rows if "eval_loss" in r][-1]
@@ -77,8 +67,8 @@ def test_resume_is_bit_identical(reference, tmp_path):
 @pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1)])
 def test_checkpoint_restores_onto_another_mesh(reference, shape):
     cfg = _cfg(reference[0])
-    params_1, _, step, _ = trainer.load_trained(cfg, partitioner=_partitioner((1, 1, 1)))
-    params_8, _, _, partitioner = trainer.load_trained(cfg, partitioner=_partitioner(shape))
+    params_1, _, step, _ = trainer.load_trained(cfg, partitioner=partitioner_for((1, 1, 1)))
+    params_8, _, _, partitioner = trainer.load_trained(cfg, partitioner=partitioner_for(shape))
     assert step == 6
     kernel = params_8["layers"]["mlp"]["gate"]
     assert kernel.sharding.mesh.shape == partitioner.mesh.shape and len(kernel.sharding.device_set) == 8
@@ -90,7 +80,7 @@ def test_checkpoint_from_another_model_is_refused(reference):
     cfg = _cfg(reference[0])
     other = dataclasses.replace(cfg, model=dataclasses.replace(MICRO_MODEL, num_layers=3))
     with pytest.raises(CheckpointMismatchError, match="num_layers: checkpoint 2 vs config 3"):
-        trainer.load_trained(other, partitioner=_partitioner((1, 1, 1)))
+        trainer.load_trained(other, partitioner=partitioner_for((1, 1, 1)))
 
 
 def test_nan_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path):
@@ -99,12 +89,12 @@ def test_nan_stops_with_a_clear_error_and_no_nan_checkpoint(tmp_path):
         cfg.optimizer, learning_rate=1e38, grad_clip_norm=0.0, warmup_steps=0),
         train=dataclasses.replace(cfg.train, checkpoint_every=1))
     with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss or gradient at step"):
-        trainer.train(cfg, _inputs(), partitioner=_partitioner((1, 1, 1)))
+        trainer.train(cfg, _inputs(), partitioner=partitioner_for((1, 1, 1)))
     saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     bad_step = max(r["step"] for r in rows) + 1
     assert saved and max(saved) < bad_step
-    params, _, _, _ = trainer.load_trained(cfg, partitioner=_partitioner((1, 1, 1)))
+    params, _, _, _ = trainer.load_trained(cfg, partitioner=partitioner_for((1, 1, 1)))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
@@ -112,7 +102,7 @@ def test_adafactor_trains_on_a_sharded_mesh(tmp_path):
     cfg = _cfg(tmp_path)
     cfg = dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, name="adafactor",
                                                                  learning_rate=1e-2))
-    losses = _losses(trainer.train(cfg, _inputs(), partitioner=_partitioner((2, 2, 2))))
+    losses = losses_of(trainer.train(cfg, _inputs(), partitioner=partitioner_for((2, 2, 2))))
     assert losses[6] < losses[1]
 
 
@@ -123,4 +113,4 @@ def test_resume_with_another_process_count_is_refused(reference, tmp_path):
     for f in model_dir.glob("checkpoints/*/data_iter/process_0-of-1.json"):
         f.rename(f.with_name("process_0-of-2.json"))
     with pytest.raises(CheckpointMismatchError, match="data iterator state of 2 process"):
-        trainer.train(_cfg(model_dir, steps=8), _inputs(), partitioner=_partitioner((1, 1, 1)))
+        trainer.train(_cfg(model_dir, steps=8), _inputs(), partitioner=partitioner_for((1, 1, 1)))

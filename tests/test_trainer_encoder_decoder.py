@@ -2,17 +2,15 @@
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import random_seq2seq_rows
+from conftest import losses_of, partitioner_for, random_seq2seq_rows
 from t5x_like import trainer
 from t5x_like.config import (DataConfig, ModelConfig, ObjectiveConfig, OptimizerConfig,
                              RunConfig, TrainConfig)
 from t5x_like.data import pipeline
 from t5x_like.inputs import Inputs
-from t5x_like.partitioning import Partitioner, make_mesh
 
 MICRO_T5 = ModelConfig(architecture="encoder_decoder", vocab_size=128, d_model=32, num_layers=2,
                        num_encoder_layers=2, num_heads=4, num_kv_heads=4, head_dim=8, mlp_dim=64,
@@ -38,24 +36,15 @@ def _inputs():
                   pipeline.eval_batches(ROWS, global_batch_size=8, max_batches=2))
 
 
-def _partitioner(shape):
-    devices = jax.devices()[:int(np.prod(shape))]
-    return Partitioner(make_mesh(shape, devices=devices), RunConfig().mesh.logical_axis_rules)
-
-
-def _losses(rows):
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    return _losses(trainer.train(_cfg(tmp_path_factory.mktemp("ref")), _inputs(),
-                                 partitioner=_partitioner((1, 1, 1))))
+    return losses_of(trainer.train(_cfg(tmp_path_factory.mktemp("ref")), _inputs(),
+                                 partitioner=partitioner_for((1, 1, 1))))
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 2), (1, 1, 8), (8, 1, 1)])
 def test_same_losses_on_every_mesh(reference, tmp_path, shape):
-    got = _losses(trainer.train(_cfg(tmp_path), _inputs(), partitioner=_partitioner(shape)))
+    got = losses_of(trainer.train(_cfg(tmp_path), _inputs(), partitioner=partitioner_for(shape)))
     assert sorted(got) == sorted(reference) == list(range(1, 6))
     assert got[1] == pytest.approx(reference[1], rel=1e-6)
     np.testing.assert_allclose([got[s] for s in reference], list(reference.values()), rtol=1e-4)
