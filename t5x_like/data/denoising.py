@@ -112,15 +112,6 @@ def cut_pieces(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions,
             np.array(dens, np.int16))
 
 
-def _rows_from_assignment(row_P: np.ndarray, offset_P: np.ndarray, num_rows: int, seed):
-    """CSR (row_ptr, pieces in offset order), rows in a seeded shuffled order."""
-    perm = np.arange(num_rows) if seed is None else np.random.default_rng(seed).permutation(num_rows)
-    new_row_P = np.argsort(perm)[row_P]
-    order = np.lexsort((offset_P, new_row_P))
-    counts = np.bincount(new_row_P, minlength=num_rows)
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), order.astype(np.int64)
-
-
 def plan_denoising(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions,
                    seed: int | None) -> DenoisingPlan:
     """Choose denoisers, cut pieces, compute their output lengths and pack them."""
@@ -136,7 +127,7 @@ def plan_denoising(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOpti
     else:
         row_P, offset_P, num_rows = packing.best_fit_decreasing(
             in_P + tgt_P, opts.inputs_length + opts.targets_length)
-        row_ptr, row_pieces = _rows_from_assignment(row_P, offset_P, num_rows, seed)
+        row_ptr, row_pieces = packing.rows_from_assignment(row_P, offset_P, num_rows, seed)
     return DenoisingPlan(doc_P, start_P, len_P, den_P, in_P, tgt_P, np.asarray(row_ptr),
                          np.asarray(row_pieces))
 

@@ -411,3 +411,14 @@ def decoder_only_pieces(token_ids: Sequence[int], length: int, bos_id: int, eos_
         {"decoder_input_tokens": i, "decoder_target_tokens": t, "decoder_loss_weights": w}
         for i, t, w in zip(split_long(inputs, length), split_long(targets, length), split_long(weights, length))
     ]
+
+
+def rows_from_assignment(row_P: np.ndarray, offset_P: np.ndarray, num_rows: int,
+                         seed) -> tuple[np.ndarray, np.ndarray]:
+    """(row_ptr_R1, row_pieces_P) of a piece -> (row, offset) assignment, rows in a seeded
+    shuffled order (``seed`` None keeps them), pieces of a row in offset order."""
+    perm = np.arange(num_rows) if seed is None else np.random.default_rng(seed).permutation(num_rows)
+    new_row_P = np.argsort(perm)[row_P]
+    order = np.lexsort((offset_P, new_row_P))
+    counts = np.bincount(new_row_P, minlength=num_rows)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), order.astype(np.int64)

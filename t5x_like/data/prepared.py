@@ -299,6 +299,15 @@ class PreparedDataset:
             out.append(joined[lo : lo + n])
         return out
 
+    def all_metadata(self, batch: int = 4096) -> list[dict]:
+        """The stored metadata of every document, in order (batched reads of first records)."""
+        out: list[dict] = []
+        firsts = self.first_record_D.tolist()
+        for lo in range(0, len(firsts), batch):
+            out += [decode_record(raw, self.token_dtype)[0]["metadata"]
+                    for raw in self._records.__getitems__(firsts[lo : lo + batch])]
+        return out
+
     def metadata(self, doc: int) -> dict:
         """The metadata fields stored for document ``doc``."""
         return decode_record(self._records[int(self.first_record_D[doc])], self.token_dtype)[0]["metadata"]

@@ -1,0 +1,146 @@
+"""Packed rows for MeCo's stage 1: every document behind its own metadata prefix.
+
+Each document becomes ``[BOS] + prefix + doc + [EOS]`` (the prefix, e.g. ``"URL: en.wikipedia.org
+\\n\\n"``, tokenized apart from the document), with loss weight 0 on BOS and on every prefix
+token. Documents longer than a row are split by :func:`objectives.metadata.split_with_prefix`:
+with the default ``continuation='repeat'`` every piece starts again with ``[BOS] + prefix``, so
+no document token is trained without its conditioning. The pieces are packed best-fit-decreasing
+like the causal rows (so packing keeps each document's prefix with it), and the plan is stored
+next to the prepared data. The cooldown (stage 2) uses the plain causal rows of
+:mod:`t5x_like.data.pipeline`; :class:`t5x_like.data.stages.StagedIterator` switches between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+
+from t5x_like.data import packing
+from t5x_like.data.pipeline import FEATURES
+from t5x_like.data.prepared import PreparedDataset
+from t5x_like.objectives import metadata as meta
+
+_PLAN_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MecoPlan:
+    """Pieces (document ranges, with or without the prefix) and their rows."""
+
+    piece_doc_P: np.ndarray
+    piece_start_P: np.ndarray
+    piece_len_P: np.ndarray
+    piece_has_prefix_P: np.ndarray
+    row_ptr_R1: np.ndarray
+    row_pieces_P: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the plan."""
+        return len(self.row_ptr_R1) - 1
+
+    def save(self, path) -> None:
+        """Write every array to one ``.npz`` at exactly ``path``."""
+        with open(path, "wb") as f:
+            np.savez(f, **{k.name: getattr(self, k.name) for k in dataclasses.fields(self)})
+
+    @classmethod
+    def load(cls, path) -> "MecoPlan":
+        """Read a plan written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls(**{k.name: data[k.name] for k in dataclasses.fields(cls)})
+
+
+def plan_meco(lengths_D: np.ndarray, prefix_len_D: np.ndarray, length: int, *,
+              continuation: str, bos: bool, seed: int | None) -> MecoPlan:
+    """Split every document around its prefix, then pack the pieces (rows shuffled by seed)."""
+    docs, starts, lens, prefixed, sizes = [], [], [], [], []
+    for d, (n, m) in enumerate(zip(lengths_D.tolist(), prefix_len_D.tolist())):
+        for piece in meta.split_with_prefix(n, m, length, continuation, bos=bos):
+            docs.append(d), starts.append(piece[0]), lens.append(piece[1])
+            prefixed.append(piece[2])
+            sizes.append(meta.piece_length(piece, n, m, bos=bos))
+    row_P, offset_P, num_rows = packing.best_fit_decreasing(np.array(sizes, np.int64), length)
+    row_ptr, row_pieces = packing.rows_from_assignment(row_P, offset_P, num_rows, seed)
+    return MecoPlan(np.array(docs, np.int64), np.array(starts, np.int64),
+                    np.array(lens, np.int64), np.array(prefixed, bool), row_ptr, row_pieces)
+
+
+class MecoRows:
+    """Assembles MeCo stage-1 rows of a prepared dataset (picklable, for grain workers)."""
+
+    def __init__(self, dataset_path, plan: MecoPlan, prefixes: meta.PrefixTokenizer,
+                 doc_metadata: list[dict], length: int, bos_id: int, eos_id: int):
+        """``doc_metadata[d]`` is document d's stored metadata; ``prefixes`` tokenizes it."""
+        self._path = str(dataset_path)
+        self._docs: PreparedDataset | None = None
+        self.plan, self.prefixes, self.doc_metadata = plan, prefixes, doc_metadata
+        self.length, self.bos_id, self.eos_id = length, bos_id, eos_id
+
+    def __getstate__(self):
+        return self.__dict__ | {"_docs": None}
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the plan."""
+        return self.plan.num_rows
+
+    def _piece(self, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inputs, targets, weights) of piece ``p``, reading only the tokens it needs."""
+        plan = self.plan
+        d, start, n = int(plan.piece_doc_P[p]), int(plan.piece_start_P[p]), int(plan.piece_len_P[p])
+        size = int(self._docs.lengths_D[d])
+        # One token of context before a plain continuation, one after to tell the end (EOS).
+        lo, hi = max(0, start - 1), min(size, start + n + 1)
+        (ids,) = self._docs.pieces(np.array([d]), np.array([lo]), np.array([hi - lo]))
+        prefix = self.prefixes.ids(self.doc_metadata[d], count=False) if plan.piece_has_prefix_P[p] \
+            else np.zeros(0, np.int32)
+        piece = (start - lo, n, bool(plan.piece_has_prefix_P[p]))
+        return meta.piece_example(ids, prefix, piece, self.bos_id, self.eos_id)
+
+    def __call__(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
+        """Features of rows ``rows_B`` as ``[len(rows_B), length]`` int32 arrays."""
+        if self._docs is None:
+            self._docs = PreparedDataset(self._path)
+        out = {k: np.zeros((len(rows_B), self.length), np.int32) for k in FEATURES}
+        plan = self.plan
+        for r, row in enumerate(np.asarray(rows_B, np.int64)):
+            offset = 0
+            for segment, p in enumerate(plan.row_pieces_P[plan.row_ptr_R1[row]:
+                                                          plan.row_ptr_R1[row + 1]], start=1):
+                inputs, targets, weights = self._piece(int(p))
+                end = offset + len(inputs)
+                out["decoder_input_tokens"][r, offset:end] = inputs
+                out["decoder_target_tokens"][r, offset:end] = targets
+                out["decoder_loss_weights"][r, offset:end] = weights
+                out["decoder_segment_ids"][r, offset:end] = segment
+                out["decoder_positions"][r, offset:end] = np.arange(len(inputs))
+                offset = end
+        return out
+
+
+def open_task(dataset_path, spec: meta.MetadataSpec, tokenizer, length: int,
+              seed: int | None) -> MecoRows:
+    """MeCo stage-1 rows of a prepared dataset; the plan is built once and kept in ``plans/``."""
+    dataset = PreparedDataset(dataset_path)
+    doc_metadata = dataset.all_metadata()
+    prefixes = meta.PrefixTokenizer(tokenizer, spec)
+    prefix_len_D = np.array([len(prefixes.ids(m)) for m in doc_metadata], np.int64)
+    bos = tokenizer.bos_id >= 0
+    identity = repr((_PLAN_VERSION, dataclasses.astuple(spec), length, bos, seed,
+                     tokenizer.file_hash()))
+    path = dataset.path / "plans" / f"meco_v{_PLAN_VERSION}_{hashlib.sha256(identity.encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        plan = MecoPlan.load(path)
+    else:
+        plan = plan_meco(dataset.lengths_D, prefix_len_D, length,
+                         continuation=spec.continuation, bos=bos, seed=seed)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        plan.save(tmp)
+        os.replace(tmp, path)
+    return MecoRows(dataset_path, plan, prefixes, doc_metadata, length, tokenizer.bos_id,
+                    tokenizer.eos_id)
