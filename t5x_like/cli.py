@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--gin_file", action="append", default=[],
                          help="gin file (repeatable); relative paths also resolve against "
                               "configs/. Default: runs/pretrain.gin")
+        if name == "eval":
+            cmd.add_argument("--metadata", choices=("none", "true", "wrong"), default="none",
+                             help="MeCo models: evaluate the documents behind their own "
+                                  "metadata prefix (true), another's (wrong), or none")
     from t5x_like.data import tokenizer_cli
     tokenizer_cli.add_parser(sub)
     gen = sub.add_parser("generate", help="sample a continuation from a checkpoint")
@@ -44,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top_k", type=int, default=0, help="0 = no top-k filter")
     gen.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--metadata", default=None,
+                     help="MeCo: the metadata value (e.g. a URL or domain) whose prefix is put "
+                          "in front of the prompt, as in stage-1 training")
     gen.add_argument("--mode", choices=("NLU", "NLG", "S2S"),
                      help="UL2 mode token put in front of the prompt (e.g. S2S to continue it)")
     return parser
@@ -100,13 +107,26 @@ def cmd_eval(args, flags) -> int:
     """Print eval metrics of MODEL_DIR's latest checkpoint as JSON."""
     from t5x_like import inputs, trainer
     cfg = _load(args, flags)
-    batches = inputs.build_eval_batches(cfg)
+    batches = inputs.build_eval_batches(cfg, metadata=args.metadata)
     params, graphdef, step, partitioner = trainer.load_trained(cfg)
     eval_step = trainer.compile_eval_step(graphdef, params, partitioner, batches[0],
                                           cfg.train.batch_size)
     metrics = trainer.evaluate(eval_step, params, batches, partitioner)
     print(json.dumps({"step": step, **metrics}))
     return 0
+
+
+def _metadata_prefix(cfg, tokenizer, value: str | None) -> list[int]:
+    """Token ids of MeCo's prefix for `value` (tokenized apart from the prompt, as in training)."""
+    if value is None:
+        return []
+    if not cfg.objective.metadata_field:
+        raise ConfigError("--metadata needs a model trained with metadata conditioning "
+                          "(ObjectiveConfig.metadata_field is empty in its config.gin)")
+    from t5x_like import inputs
+    from t5x_like.objectives.metadata import PrefixTokenizer
+    spec = inputs.metadata_spec(cfg)
+    return PrefixTokenizer(tokenizer, spec).ids({spec.field: value}).tolist()
 
 
 def cmd_generate(args, flags) -> int:
@@ -135,7 +155,9 @@ def cmd_generate(args, flags) -> int:
         print(tokenizer.decode(new_ids))
         return 0
     bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
-    new_ids = generate(params, graphdef, mode + bos + tokenizer.encode(args.prompt), **sampling)
+    prefix = _metadata_prefix(cfg, tokenizer, args.metadata)
+    new_ids = generate(params, graphdef, mode + bos + prefix + tokenizer.encode(args.prompt),
+                       **sampling)
     log.info("sampled %d tokens from step %d", len(new_ids), step)
     print(args.prompt + tokenizer.decode(new_ids))
     return 0

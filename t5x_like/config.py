@@ -236,9 +236,33 @@ class ObjectiveConfig(_Validated):
     use_mode_tokens: bool = True  # prepend each denoiser's mode token to its inputs
     sentinel_policy: str = "cap"  # cap: merge spans beyond the tokenizer's sentinels | error
     random_roll: bool = False  # roll each noise mask by a random offset (sentinels still pair up)
+    # MeCo (metadata conditioning, then cooldown): '' = off; else the record field whose value
+    # prefixes each document ("URL: en.wikipedia.org\n\n") until the cooldown step.
+    metadata_field: str = ""
+    metadata_kind: str = "domain"  # domain (of a URL) | url (as given) | value (any scalar field)
+    metadata_template: str = "URL: {value}\n\n"
+    missing_metadata: str = "placeholder"  # placeholder (the text below) | skip (no prefix)
+    metadata_placeholder: str = "unknown"
+    # A long document's continuation pieces: 'repeat' the prefix on each, or 'first_only'.
+    metadata_continuation: str = "repeat"
+    # From step floor(cooldown_fraction * schedule steps) on, no example carries metadata.
+    cooldown_fraction: float = 0.9
 
     def _validate(self):
         self._require(self.name in OBJECTIVES, "name", f"choose one of {OBJECTIVES}")
+        if self.metadata_field:
+            self._require(self.name == "causal_lm", "metadata_field",
+                          f"MeCo is implemented for causal_lm so far, not {self.name!r}")
+        self._require("{value}" in self.metadata_template, "metadata_template",
+                      "must contain {value}")
+        self._require(self.metadata_kind in ("domain", "url", "value"), "metadata_kind",
+                      "must be domain, url or value")
+        self._require(self.missing_metadata in ("placeholder", "skip"), "missing_metadata",
+                      "must be placeholder or skip")
+        self._require(self.metadata_continuation in ("repeat", "first_only"),
+                      "metadata_continuation", "must be repeat or first_only")
+        self._require(0.0 <= self.cooldown_fraction <= 1.0, "cooldown_fraction",
+                      "must be in [0, 1]")
         self._require(self.sentinel_policy in ("cap", "error"), "sentinel_policy",
                       "must be cap or error")
         for i, (kind, mu, rate, weight, _) in enumerate(self.denoisers):

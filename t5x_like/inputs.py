@@ -73,13 +73,19 @@ def source_spec(cfg: RunConfig, task: TaskConfig, split: str) -> str:
     return spec
 
 
+def _metadata_fields(cfg: RunConfig, task: TaskConfig) -> tuple[str, ...]:
+    """The task's metadata fields, plus MeCo's field when metadata conditioning is on."""
+    extra = (cfg.objective.metadata_field,) if cfg.objective.metadata_field else ()
+    return tuple(dict.fromkeys(task.metadata_fields + extra))
+
+
 def prepare_task(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer,
                  progress: bool = False) -> pathlib.Path:
     """Prepare (or reuse) one split of a task; return its directory."""
     spec = source_spec(cfg, task, split)
     out = _data_dir(cfg) / "prepared" / task.name / split
     options = prepared.PrepareOptions(
-        text_field=task.text_field, metadata_fields=task.metadata_fields,
+        text_field=task.text_field, metadata_fields=_metadata_fields(cfg, task),
         score_field=task.score_field if split == "train" else "",
         num_workers=cfg.data.prepare_workers, progress=progress, data_dir=str(_data_dir(cfg)))
     if jax.process_count() > 1:
@@ -142,9 +148,14 @@ def _shard_args(cfg: RunConfig) -> dict:
                 process_count=jax.process_count())
 
 
-def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None
-                       ) -> list[dict[str, np.ndarray]]:
-    """This process's share of the fixed eval batches of every task that has an eval split."""
+def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None,
+                       metadata: str = "none") -> list[dict[str, np.ndarray]]:
+    """This process's share of the fixed eval batches of every task that has an eval split.
+
+    ``metadata`` (MeCo models): 'none' evaluates plain documents; 'true' prefixes each with its
+    own metadata, 'wrong' with another document's. The prefix carries no loss, so all three
+    score exactly the same target tokens when the eval covers the whole split.
+    """
     tokenizer = tokenizer or _checked_tokenizer(cfg)
     tasks, _ = resolve_tasks(cfg)
     with_eval = [t for t in tasks if source_spec(cfg, t, "eval")]
@@ -152,8 +163,18 @@ def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None
         raise ValueError(f"no task of {cfg.data.mixture_or_task_name!r} has an eval split: set "
                          "TaskConfig.eval_source (or DataConfig.eval_files for a source path)")
     batches = []
+    if metadata not in ("none", "true", "wrong"):
+        raise ValueError(f"metadata = {metadata!r}: choose none, true or wrong")
+    if metadata != "none" and not cfg.objective.metadata_field:
+        raise ValueError("evaluating with metadata needs ObjectiveConfig.metadata_field")
     for task in with_eval:
-        rows = task_rows(cfg, task, "eval", tokenizer)
+        if metadata == "none":
+            rows = task_rows(cfg, task, "eval", tokenizer)
+        else:
+            from t5x_like.data import meco
+            rows = meco.open_task(prepare_task(cfg, task, "eval", tokenizer), metadata_spec(cfg),
+                                  tokenizer, cfg.data.seq_len, seed=None,
+                                  wrong_metadata=metadata == "wrong")
         batches += pipeline.eval_batches(rows, max_batches=cfg.train.eval_batches,
                                          **_shard_args(cfg))
     return batches
@@ -179,6 +200,30 @@ def prepare_all(cfg: RunConfig, progress: bool = True) -> list[dict]:
                 "rows": rows.num_rows, "fill_pct": round(100 * rows.plan.fill, 4),
                 "truncated_docs": rows.plan.num_truncated_docs})
     return summaries
+
+
+def metadata_spec(cfg: RunConfig):
+    """MeCo's prefix rule from the objective config."""
+    from t5x_like.objectives.metadata import MetadataSpec
+    o = cfg.objective
+    return MetadataSpec(field=o.metadata_field, kind=o.metadata_kind, template=o.metadata_template,
+                        missing=o.missing_metadata, placeholder=o.metadata_placeholder,
+                        continuation=o.metadata_continuation)
+
+
+def _with_metadata_stage(cfg: RunConfig, tasks, rates, tokenizer: Tokenizer, cooldown_iter):
+    """MeCo: metadata-prefixed rows until the cooldown step, then `cooldown_iter`'s plain rows."""
+    from t5x_like.data import meco
+    from t5x_like.data.stages import StagedIterator
+    from t5x_like.objectives.metadata import cooldown_step
+    switch = cooldown_step(cfg.schedule_steps, cfg.objective.cooldown_fraction)
+    if switch < 1:
+        return cooldown_iter  # fraction 0: the whole run is cooldown
+    rows = [meco.open_task(prepare_task(cfg, t, "train", tokenizer), metadata_spec(cfg),
+                           tokenizer, cfg.data.seq_len, seed=cfg.data.seed) for t in tasks]
+    first = pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
+                                         **_shard_args(cfg))
+    return StagedIterator(first, cooldown_iter, switch)
 
 
 def _streaming_iterator(cfg: RunConfig, tasks: list[TaskConfig], tokenizer: Tokenizer):
@@ -208,5 +253,7 @@ def build_inputs(cfg: RunConfig) -> tuple[Tokenizer, Inputs]:
         rows = [task_rows(cfg, t, "train", tokenizer) for t in tasks]
         train_iter = pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
                                                   **_shard_args(cfg))
+    if cfg.objective.metadata_field:
+        train_iter = _with_metadata_stage(cfg, tasks, rates, tokenizer, train_iter)
     return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer),
                              tuple(t.name for t in tasks))

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from t5x_like import cli
@@ -74,3 +75,31 @@ def test_ul2_trains_on_both_architectures_and_generates_with_a_mode(stdlib_data,
     capsys.readouterr()
     assert cli.main(["generate", f"--model_dir={tmp_path}", "--mode=S2S", "def main(",
                      "--max_new_tokens=4"]) == 0
+
+
+def test_meco_run_trains_and_generates_with_metadata(stdlib_data, tmp_path, capsys):
+    single, grown = tmp_path / "single", tmp_path / "grown"
+    flags = ["--gin_file=runs/meco_tiny.gin", "--gin.SCHEDULE_STEPS=20",
+             "--gin.TASK_FEATURE_LENGTHS={'targets': 64}",
+             "--gin.ModelConfig.d_model=64", "--gin.ModelConfig.mlp_dim=128",
+             "--gin.ModelConfig.num_layers=2", "--gin.OptimizerConfig.warmup_steps=5",
+             "--gin.TrainConfig.eval_every=20", "--gin.TrainConfig.checkpoint_every=10",
+             "--gin.TrainConfig.log_every=1", f"--gin.DataConfig.data_dir={stdlib_data.data_dir}"]
+    assert cli.main(["train", *flags, f"--gin.MODEL_DIR={single}", "--gin.TRAIN_STEPS=20"]) == 0
+    # Resumed at step 10, before the cooldown switch (step 18): the same losses, the same switch.
+    assert cli.main(["train", *flags, f"--gin.MODEL_DIR={grown}", "--gin.TRAIN_STEPS=10"]) == 0
+    assert cli.main(["train", *flags, f"--gin.MODEL_DIR={grown}", "--gin.TRAIN_STEPS=20"]) == 0
+    runs = [read_metrics(str(d)) for d in (single, grown)]
+    losses = [{r["step"]: r["loss"] for r in rows if "loss" in r} for rows in runs]
+    assert losses[0] == losses[1] and sorted(losses[0]) == list(range(1, 21))
+    evals = [r["eval_loss"] for r in runs[0] if "eval_loss" in r]
+    assert evals[-1] < evals[0]
+    capsys.readouterr()
+    for condition in ("none", "true", "wrong"):
+        assert cli.main(["eval", f"--gin_file={single / 'config.gin'}",
+                         f"--metadata={condition}"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["step"] == 20 and np.isfinite(result["eval_loss"])
+    assert cli.main(["generate", f"--model_dir={single}", "--metadata=json.decoder",
+                     "def ", "--max_new_tokens=4"]) == 0
+    assert capsys.readouterr().out.startswith("def ")

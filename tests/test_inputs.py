@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from t5x_like import inputs
@@ -76,3 +77,25 @@ def test_unknown_names_are_clear_errors(stdlib_data):
         inputs.build_inputs(_cfg(stdlib_data, mixture_or_task_name="nope"))
     with pytest.raises(ConfigError, match="mixture 'm' names unknown tasks \\['web'\\]"):
         DataConfig(mixtures={"m": {"web": 1.0}})
+
+
+def test_meco_prefixes_every_document_until_the_cooldown_step_and_none_after(stdlib_data):
+    from t5x_like.config import ObjectiveConfig
+    cfg = _cfg(stdlib_data)
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, train_steps=10),
+        optimizer=dataclasses.replace(cfg.optimizer, warmup_steps=2),
+        objective=ObjectiveConfig(metadata_field="module", metadata_kind="value",
+                                  metadata_template="Module: {value}\n\n", cooldown_fraction=0.5))
+    tok, built = inputs.build_inputs(cfg)
+    for step in range(1, 11):
+        batch = next(built.train_iter)
+        seg, w = batch["decoder_segment_ids"], batch["decoder_loss_weights"]
+        starts = np.argwhere(batch["decoder_positions"] == 0)
+        starts = [(r, c) for r, c in starts if seg[r, c] > 0]
+        with_prefix = [tok.decode(batch["decoder_input_tokens"][r, c + 1:c + 4]).startswith("Module")
+                       for r, c in starts]
+        if step < 5:  # cooldown_step(10, 0.5) = 5
+            assert all(with_prefix) and ((seg > 0) & (w == 0)).any()
+        else:  # no metadata token, and every in-segment token carries loss
+            assert not any(with_prefix) and not ((seg > 0) & (w == 0)).any()

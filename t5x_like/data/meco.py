@@ -123,15 +123,21 @@ class MecoRows:
 
 
 def open_task(dataset_path, spec: meta.MetadataSpec, tokenizer, length: int,
-              seed: int | None) -> MecoRows:
-    """MeCo stage-1 rows of a prepared dataset; the plan is built once and kept in ``plans/``."""
+              seed: int | None, wrong_metadata: bool = False) -> MecoRows:
+    """MeCo stage-1 rows of a prepared dataset; the plan is built once and kept in ``plans/``.
+
+    ``wrong_metadata`` gives every document the metadata of the next one (a rotation, so none
+    keeps its own), for measuring how much the true metadata helps.
+    """
     dataset = PreparedDataset(dataset_path)
     doc_metadata = dataset.all_metadata()
+    if wrong_metadata:
+        doc_metadata = doc_metadata[1:] + doc_metadata[:1]
     prefixes = meta.PrefixTokenizer(tokenizer, spec)
     prefix_len_D = np.array([len(prefixes.ids(m)) for m in doc_metadata], np.int64)
     bos = tokenizer.bos_id >= 0
     identity = repr((_PLAN_VERSION, dataclasses.astuple(spec), length, bos, seed,
-                     tokenizer.file_hash()))
+                     tokenizer.file_hash(), wrong_metadata))
     path = dataset.path / "plans" / f"meco_v{_PLAN_VERSION}_{hashlib.sha256(identity.encode()).hexdigest()[:16]}.npz"
     if path.is_file():
         plan = MecoPlan.load(path)
