@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 from t5x_like.data import pipeline, prepared, stdlib_corpus, tokenizer
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from t5x_like import objectives
 from t5x_like.data import packing
+from t5x_like.data.plan_files import NpzDataclass, load_or_build
 from t5x_like.data.prepared import PreparedDataset
 
 ENCODER_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
@@ -56,7 +57,7 @@ def piece_seed(seed: int, piece: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DenoisingPlan:
+class DenoisingPlan(NpzDataclass):
     """Pieces (document ranges with a denoiser), their output lengths, and their rows."""
 
     piece_doc_P: np.ndarray
@@ -72,17 +73,6 @@ class DenoisingPlan:
     def num_rows(self) -> int:
         """Rows in the plan."""
         return len(self.row_ptr_R1) - 1
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write every array to one ``.npz`` at exactly ``path``."""
-        with open(path, "wb") as f:
-            np.savez(f, **{k.name: getattr(self, k.name) for k in dataclasses.fields(self)})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "DenoisingPlan":
-        """Read a plan written by :meth:`save`."""
-        with np.load(path) as data:
-            return cls(**{k.name: data[k.name] for k in dataclasses.fields(cls)})
 
 
 def cut_pieces(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions, seed: int):
@@ -218,12 +208,6 @@ def open_task(dataset_path, denoisers: Sequence, ids, opts: ExampleOptions,
                      [dataclasses.astuple(d) for d in denoisers], seed))
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     path = dataset.path / "plans" / f"denoise_v{_PLAN_VERSION}_{key}.npz"
-    if path.is_file():
-        plan = DenoisingPlan.load(path)
-    else:
-        plan = plan_denoising(dataset.lengths_D, denoisers, opts, seed)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        plan.save(tmp)
-        os.replace(tmp, path)
+    plan, _ = load_or_build(path, DenoisingPlan,
+                            lambda: plan_denoising(dataset.lengths_D, denoisers, opts, seed))
     return DenoisingRows(dataset_path, plan, denoisers, ids, opts, seed=seed or 0)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 
 import numpy as np
 
 from t5x_like.data import packing
 from t5x_like.data.pipeline import FEATURES
+from t5x_like.data.plan_files import NpzDataclass, load_or_build
 from t5x_like.data.prepared import PreparedDataset
 from t5x_like.objectives import metadata as meta
 
@@ -27,7 +27,7 @@ _PLAN_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class MecoPlan:
+class MecoPlan(NpzDataclass):
     """Pieces (document ranges, with or without the prefix) and their rows."""
 
     piece_doc_P: np.ndarray
@@ -41,17 +41,6 @@ class MecoPlan:
     def num_rows(self) -> int:
         """Rows in the plan."""
         return len(self.row_ptr_R1) - 1
-
-    def save(self, path) -> None:
-        """Write every array to one ``.npz`` at exactly ``path``."""
-        with open(path, "wb") as f:
-            np.savez(f, **{k.name: getattr(self, k.name) for k in dataclasses.fields(self)})
-
-    @classmethod
-    def load(cls, path) -> "MecoPlan":
-        """Read a plan written by :meth:`save`."""
-        with np.load(path) as data:
-            return cls(**{k.name: data[k.name] for k in dataclasses.fields(cls)})
 
 
 def plan_meco(lengths_D: np.ndarray, prefix_len_D: np.ndarray, length: int, *,
@@ -139,14 +128,8 @@ def open_task(dataset_path, spec: meta.MetadataSpec, tokenizer, length: int,
     identity = repr((_PLAN_VERSION, dataclasses.astuple(spec), length, bos, seed,
                      tokenizer.file_hash(), wrong_metadata))
     path = dataset.path / "plans" / f"meco_v{_PLAN_VERSION}_{hashlib.sha256(identity.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
-        plan = MecoPlan.load(path)
-    else:
-        plan = plan_meco(dataset.lengths_D, prefix_len_D, length,
-                         continuation=spec.continuation, bos=bos, seed=seed)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        plan.save(tmp)
-        os.replace(tmp, path)
+    plan, _ = load_or_build(path, MecoPlan, lambda: plan_meco(
+        dataset.lengths_D, prefix_len_D, length, continuation=spec.continuation, bos=bos,
+        seed=seed))
     return MecoRows(dataset_path, plan, prefixes, doc_metadata, length, tokenizer.bos_id,
                     tokenizer.eos_id)

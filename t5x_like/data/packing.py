@@ -17,12 +17,12 @@ which row, small enough to store next to the data. Rows are then assembled from 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import numpy as np
 
 from t5x_like.data import packing_kernels as _k
+from t5x_like.data.plan_files import NpzDataclass
 
 # Keys that pack_pieces adds itself and which pieces must therefore not use.
 RESERVED_KEYS = ("segment_ids", "positions")
@@ -106,7 +106,7 @@ def first_fit(lengths_P, length: int, num_bins: int | None = None) -> tuple[np.n
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PackPlan:
+class PackPlan(NpzDataclass):
     """Which token ranges of which documents fill which ``[length]`` row.
 
     Piece p is tokens ``[piece_start_P[p], piece_start_P[p] + piece_len_P[p])`` of document
@@ -160,19 +160,6 @@ class PackPlan:
         offset_P = np.empty(len(len_Q), np.int64)
         offset_P[self.row_pieces_P] = end_Q - len_Q - np.repeat(row_start_R, np.diff(self.row_ptr_R1))
         return offset_P
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the plan to ``path`` as one ``.npz`` file (exactly that name)."""
-        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "length"}
-        with open(path, "wb") as f:  # a file object stops savez from appending ".npz"
-            np.savez(f, length=np.int64(self.length), **arrays)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "PackPlan":
-        """Read a plan written by :meth:`save`."""
-        with np.load(path) as z:
-            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls) if f.name != "length"},
-                       length=int(z["length"]))
 
 
 def _windows(num_pieces: int, window: int) -> list[tuple[int, int]]:

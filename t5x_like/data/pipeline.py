@@ -24,6 +24,7 @@ import grain
 import numpy as np
 
 from t5x_like.data import packing
+from t5x_like.data.plan_files import load_or_build
 from t5x_like.data.prepared import PreparedDataset
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,14 @@ def load_or_build_plan(dataset: PreparedDataset, opts: PlanOptions) -> packing.P
     name = (f"causal_v{_PLAN_VERSION}_L{opts.length}_{opts.packer}_w{opts.window}_s{opts.seed}"
             f"_bos{int(opts.bos)}{temp}.npz")
     path = dataset.path / "plans" / name
-    if path.is_file():
-        return packing.PackPlan.load(path)
+    plan, built = load_or_build(path, packing.PackPlan, lambda: _build_plan(dataset, opts))
+    if built:
+        logger.info("Packing plan %s: %d rows, fill %.3f%%, %d documents cut", path,
+                    plan.num_rows, 100 * plan.fill, plan.num_truncated_docs)
+    return plan
+
+
+def _build_plan(dataset: PreparedDataset, opts: PlanOptions) -> packing.PackPlan:
     docs_D = np.arange(dataset.num_documents)
     if opts.score_temperature > 0:
         docs_D = _sampled_documents(dataset, opts.score_temperature, opts.seed or 0)
@@ -83,14 +90,7 @@ def load_or_build_plan(dataset: PreparedDataset, opts: PlanOptions) -> packing.P
     example_lengths_D = dataset.lengths_D[docs_D] + int(opts.bos)
     plan = packing.plan_packing(example_lengths_D, opts.length, packer=opts.packer,
                                 window=opts.window, seed=opts.seed)
-    plan = dataclasses.replace(plan, piece_doc_P=docs_D[plan.piece_doc_P])
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    plan.save(tmp)
-    os.replace(tmp, path)
-    logger.info("Packing plan %s: %d rows, fill %.3f%%, %d documents cut", path, plan.num_rows,
-                100 * plan.fill, plan.num_truncated_docs)
-    return plan
+    return dataclasses.replace(plan, piece_doc_P=docs_D[plan.piece_doc_P])
 
 
 class CausalLMRows:

@@ -385,3 +385,17 @@ def test_decoder_only_pieces_teacher_forcing():
     assert no_bos[0]["decoder_input_tokens"].tolist() == [10, 11]
     assert no_bos[0]["decoder_target_tokens"].tolist() == [11, 1]
     assert packing.decoder_only_pieces([], length=8, bos_id=-1, eos_id=1) == []
+
+
+def test_plan_files_build_once_and_round_trip_every_plan_kind(tmp_path):
+    from t5x_like.data.plan_files import load_or_build
+    plan = packing.plan_packing(np.array([5, 40, 3, 17]), 16, seed=1)
+    calls = []
+    build = lambda: calls.append(1) or plan  # noqa: E731
+    first, built = load_or_build(tmp_path / "p.npz", packing.PackPlan, build)
+    again, built_again = load_or_build(tmp_path / "p.npz", packing.PackPlan, build)
+    assert (built, built_again, calls) == (True, False, [1])
+    assert again.length == 16 and isinstance(again.length, int)
+    for a, b in zip((first.row_ptr_R1, first.row_pieces_P), (again.row_ptr_R1, again.row_pieces_P)):
+        np.testing.assert_array_equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temp file left behind

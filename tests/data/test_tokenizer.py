@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from t5x_like.data import stdlib_corpus
 from t5x_like.data import tokenizer as tokenizer_lib
 
 WORDS = ["alpha", "beta", "gamma", "delta", "return", "value", "index", "print", "self", "item"]
