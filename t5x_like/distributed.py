@@ -120,17 +120,24 @@ def configure_logging(level: int = logging.INFO) -> None:
     N copies of every log line out of the job's output while every process still reports what
     went wrong on it.
     """
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if jax.process_count() == 1:
+        return  # one process: leave the caller's logging (and pytest's capture) alone
     primary = jax.process_index() == 0
     logging.basicConfig(level=level if primary else logging.WARNING, force=True,
                         format=f"%(asctime)s {process_tag()}%(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def report_fatal(error: BaseException) -> None:
     """Log `error` with its traceback on whichever process it happened (tagged with the id)."""
-    log.critical("fatal error, exiting: %s: %s", type(error).__name__, error, exc_info=error)
+    hint = ""
+    if jax.process_count() > 1 and isinstance(error, jax.errors.JaxRuntimeError):
+        hint = (" (a failed collective in a multi-process run usually means that another "
+                "process died: see the other processes' logs)")
+    log.critical("fatal error, exiting: %s: %s%s", type(error).__name__, error, hint,
+                 exc_info=error)
 
 
 def exit_after_fatal(code: int = 1) -> None:

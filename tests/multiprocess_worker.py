@@ -73,13 +73,13 @@ class GlobalBatches:
 
 
 def make_inputs(cfg: cfg_lib.RunConfig, process_index: int, process_count: int,
-                delay_s: float = 0.0):
+                delay_s: float = 0.0, batches=GlobalBatches):
     """Train and eval inputs of this process from the fixed random rows."""
     from t5x_like.data import pipeline
     from t5x_like.inputs import Inputs
     rows = random_rows(96, cfg.data.seq_len, cfg.model.vocab_size)
     batch = cfg.train.batch_size
-    return Inputs(GlobalBatches(rows, batch, process_index, process_count, delay_s),
+    return Inputs(batches(rows, batch, process_index, process_count, delay_s),
                   pipeline.eval_batches(rows, global_batch_size=batch, max_batches=2,
                                         process_index=process_index,
                                         process_count=process_count))
