@@ -85,8 +85,21 @@ def make_inputs(cfg: cfg_lib.RunConfig, process_index: int, process_count: int,
                                         process_count=process_count))
 
 
+def evaluate_latest(cfg: cfg_lib.RunConfig) -> None:
+    """Restore MODEL_DIR's latest checkpoint on this job's mesh; process 0 prints its eval."""
+    import jax
+    from t5x_like import trainer
+    params, graphdef, step, partitioner = trainer.load_trained(cfg)
+    batches = make_inputs(cfg, jax.process_index(), jax.process_count()).eval_batches
+    eval_step = trainer.compile_eval_step(graphdef, params, partitioner, batches[0],
+                                          cfg.train.batch_size)
+    metrics = trainer.evaluate(eval_step, params, batches, partitioner)
+    if jax.process_index() == 0:
+        print("EVAL " + json.dumps({"step": step, **metrics}), flush=True)
+
+
 def main(argv: list[str]) -> int:
-    """Join the job as the CLI does, train, exit 0 (also when preempted)."""
+    """Join the job as the CLI does, train (or evaluate), exit 0 (also when preempted)."""
     spec = json.loads(argv[0])
     cfg = config_from_dict(spec["config"])
     import jax
@@ -94,8 +107,11 @@ def main(argv: list[str]) -> int:
     distributed.initialize(cfg.distributed)
     distributed.configure_logging()
     try:
-        trainer.train(cfg, make_inputs(cfg, jax.process_index(), jax.process_count(),
-                                       spec.get("delay_s", 0.0)))
+        if spec.get("evaluate"):
+            evaluate_latest(cfg)
+        else:
+            trainer.train(cfg, make_inputs(cfg, jax.process_index(), jax.process_count(),
+                                           spec.get("delay_s", 0.0)))
     except Exception as e:
         distributed.report_fatal(e)
         distributed.exit_after_fatal(1)

@@ -8,6 +8,7 @@ import os
 import pathlib
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,11 +48,15 @@ def compile_cache(tmp_path_factory):
 class Job:
     """launch/local.py running the worker on 2 processes x 4 devices; output collected live."""
 
-    def __init__(self, parts, cache_dir, delay_s=0.0, grace_s=30):
-        spec = json.dumps({"config": parts, "delay_s": delay_s})
+    def __init__(self, parts, cache_dir, delay_s=0.0, grace_s=30, cli_args=None,
+                 evaluate=False):
+        """The worker on `parts` (a RunConfig as dicts), or `t5x-like CLI_ARGS...`."""
+        spec = json.dumps({"config": parts, "delay_s": delay_s, "evaluate": evaluate})
+        program = ([str(REPO / "tests" / "multiprocess_worker.py"), spec] if cli_args is None
+                   else ["-m", "t5x_like.cli", *cli_args])
         command = [sys.executable, str(REPO / "launch" / "local.py"), "-n", "2", "-d", "4",
                    f"--grace={grace_s}", f"--timeout={JOB_TIMEOUT_S}", "--",
-                   sys.executable, str(REPO / "tests" / "multiprocess_worker.py"), spec]
+                   sys.executable, *program]
         env = os.environ | {"PYTHONPATH": str(REPO), "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
                             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
@@ -107,12 +112,13 @@ def two_process_run(tmp_path_factory, compile_cache):
 @pytest.fixture(scope="module")
 def one_process_run(tmp_path_factory):
     """The same 12 steps in this process on its 8 devices (mesh fsdp=8)."""
-    cfg = config_from_dict(_parts(tmp_path_factory.mktemp("one_process")))
-    return trainer.train(cfg, make_inputs(cfg, 0, 1))
+    model_dir = tmp_path_factory.mktemp("one_process")
+    cfg = config_from_dict(_parts(model_dir))
+    return model_dir, trainer.train(cfg, make_inputs(cfg, 0, 1))
 
 
 def test_two_processes_match_one_process(two_process_run, one_process_run):
-    one = losses_of(one_process_run)
+    one = losses_of(one_process_run[1])
     two = losses_of(two_process_run[1])
     assert sorted(two) == sorted(one) == list(range(1, STEPS + 1))
     assert two[1] == pytest.approx(one[1], rel=1e-6)  # same parameters, reduction order differs
@@ -137,9 +143,33 @@ def test_sigterm_checkpoints_at_the_next_step_and_the_relaunch_resumes(two_proce
     assert resumed == losses_of(two_process_run[1])  # exact: same processes, mesh and data
 
 
-def test_a_dead_peer_makes_the_survivor_fail_instead_of_hanging(compile_cache, tmp_path):
-    job = Job(_parts(tmp_path, steps=400, heartbeat_s=5), compile_cache, delay_s=0.1,
-              grace_s=120)
+def _cli_flags(data_dir, model_dir, steps):
+    return [f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={steps}",
+            "--gin.SCHEDULE_STEPS=20", "--gin.TASK_FEATURE_LENGTHS={'targets': 64}",
+            "--gin.ModelConfig.num_layers=2", "--gin.ModelConfig.d_model=64",
+            "--gin.ModelConfig.mlp_dim=128", "--gin.OptimizerConfig.warmup_steps=5",
+            "--gin.TrainConfig.log_every=1", f"--gin.DataConfig.data_dir={data_dir}",
+            "--gin.DistributedConfig.heartbeat_timeout_s=5"]
+
+
+def test_cli_refuses_unprepared_data_on_every_process(stdlib_data, compile_cache, tmp_path):
+    # The corpus and tokenizer, but nothing prepared.
+    shutil.copytree(stdlib_data.data_dir, tmp_path / "data",
+                    ignore=shutil.ignore_patterns("prepared"))
+    job = Job(None, compile_cache, cli_args=["train", *_cli_flags(tmp_path / "data",
+                                                                   tmp_path / "run", 4)])
+    assert job.finish() == 1, job.output
+    for p in (0, 1):
+        assert re.search(rf"\[p{p}\] .*\[process {p}/2\] CRITICAL fatal error, exiting: "
+                         r"FileNotFoundError: .* prepare first", job.output), job.output
+
+
+def test_a_dead_peer_makes_the_survivor_fail_instead_of_hanging(stdlib_data, compile_cache,
+                                                                 tmp_path):
+    from t5x_like import cli
+    flags = _cli_flags(stdlib_data.data_dir, tmp_path, 400)
+    assert cli.main(["prepare", *flags]) == 0  # multi-process runs read prepared data only
+    job = Job(None, compile_cache, grace_s=120, cli_args=["train", *flags])
     job.wait_for(r"\[p0\] .* step 2: ")
     os.kill(job.pid(1), signal.SIGKILL)
     code = job.finish()
@@ -167,6 +197,16 @@ def test_two_process_checkpoint_restores_in_one_process_on_another_mesh(two_proc
     logged = [r for r in rows if "eval_loss" in r][-1]
     assert logged["step"] == STEPS
     assert metrics["eval_loss"] == pytest.approx(logged["eval_loss"], rel=1e-6)
+
+
+def test_one_process_checkpoint_restores_in_two_processes(one_process_run, compile_cache):
+    model_dir, rows = one_process_run
+    job = Job(_parts(model_dir), compile_cache, evaluate=True)
+    assert job.finish() == 0, job.output
+    got = json.loads(job.wait_for(r"EVAL (\{.*\})")[1])
+    logged = [r for r in rows if "eval_loss" in r][-1]
+    assert got["step"] == logged["step"] == STEPS
+    assert got["eval_loss"] == pytest.approx(logged["eval_loss"], rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,4 +274,4 @@ def test_sigterm_in_one_process_saves_at_the_next_step_and_resumes_exactly(one_p
     assert max(losses_of(first)) == 3
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3]
     trainer.train(cfg, make_inputs(cfg, 0, 1))
-    assert losses_of(read_metrics(str(tmp_path))) == losses_of(one_process_run)
+    assert losses_of(read_metrics(str(tmp_path))) == losses_of(one_process_run[1])
