@@ -75,7 +75,10 @@ def _describe(code: int) -> str:
 def _stop(procs: list[subprocess.Popen], sig: int) -> None:
     for p in procs:
         if p.poll() is None:
-            os.killpg(p.pid, sig)
+            try:
+                os.killpg(p.pid, sig)  # the process and anything it started
+            except ProcessLookupError:
+                pass  # exited since the poll
 
 
 def run(command: list[str], num_processes: int, devices: int, port: int, grace: float,
@@ -83,6 +86,14 @@ def run(command: list[str], num_processes: int, devices: int, port: int, grace: 
     """Start the processes, stream their output, wait; return the job's exit status."""
     lock = threading.Lock()
     procs, pumps = [], []
+
+    def forward(signum, frame):
+        del frame
+        _say(lock, f"{signal.Signals(signum).name}: forwarding to every process")
+        _stop(procs, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before any child exists: none is orphaned
+        signal.signal(sig, forward)
     for i in range(num_processes):
         env = os.environ | process_env(dict(os.environ), i, num_processes, devices, port)
         # A session of its own: a terminal's Ctrl-C reaches the launcher, which forwards it.
@@ -92,14 +103,6 @@ def run(command: list[str], num_processes: int, devices: int, port: int, grace: 
         procs.append(p)
         pumps.append(threading.Thread(target=_pump, args=(i, p.stdout, lock), daemon=True))
         pumps[-1].start()
-
-    def forward(signum, frame):
-        del frame
-        _say(lock, f"{signal.Signals(signum).name}: forwarding to every process")
-        _stop(procs, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
     deadline, stop_at, first_failure = time.monotonic() + timeout, None, None
     while any(p.poll() is None for p in procs):
         time.sleep(0.05)
@@ -117,7 +120,9 @@ def run(command: list[str], num_processes: int, devices: int, port: int, grace: 
             else:
                 _say(lock, "grace period over: stopping the remaining processes")
             _stop(procs, signal.SIGTERM)
-            time.sleep(min(grace, 5))
+            give_up = time.monotonic() + 5  # then SIGKILL whatever ignores SIGTERM
+            while any(p.poll() is None for p in procs) and time.monotonic() < give_up:
+                time.sleep(0.05)
             _stop(procs, signal.SIGKILL)
             break
     for p in procs:
