@@ -208,6 +208,10 @@ class DistributedConfig(_Validated):
     # exits with an error instead of waiting forever in a collective.
     heartbeat_timeout_s: int = 100
     shutdown_timeout_s: int = 300  # at exit, wait this long for the other processes
+    # A process whose loop finishes no step for this long exits with an error: covers a peer
+    # that is alive (heartbeats flowing) but stuck, which heartbeats cannot see. 0 = off; set
+    # it well above the slowest step plus an eval pass and a checkpoint save.
+    step_timeout_s: int = 0
 
     def _validate(self):
         if self.coordinator_address:
@@ -221,6 +225,7 @@ class DistributedConfig(_Validated):
                           f"must be below num_processes={self.num_processes}")
         for name in ("initialization_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
             self._require(getattr(self, name) > 0, name, "must be positive (seconds)")
+        self._require(self.step_timeout_s >= 0, "step_timeout_s", "must be >= 0 (0 = off)")
 
     @property
     def explicit(self) -> bool:

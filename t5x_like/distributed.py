@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Mapping
 
 import jax
@@ -188,3 +189,38 @@ class PreemptionGuard:
         if not self._use_jax and self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+class StepWatchdog:
+    """Ends this process when the loop finishes no step for `timeout_s` seconds (0: off).
+
+    JAX's heartbeats catch a dead process, not a stuck one: a peer blocked in its input
+    pipeline keeps heartbeating while everyone else waits in a collective for it. The loop reads
+    step N-1's metrics before dispatching further, so a beat per iteration means the devices
+    are progressing too.
+    """
+
+    def __init__(self, timeout_s: int):
+        self._timeout_s = timeout_s
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        if timeout_s:
+            threading.Thread(target=self._watch, name="step-watchdog", daemon=True).start()
+
+    def beat(self) -> None:
+        """A step finished."""
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(self._timeout_s / 4, 5.0)):
+            idle = time.monotonic() - self._last
+            if idle > self._timeout_s:
+                log.critical("fatal error, exiting: no training step finished in %.0f s "
+                             "(DistributedConfig.step_timeout_s = %d); this process or a peer "
+                             "is stuck (see the other processes' logs)", idle, self._timeout_s)
+                logging.shutdown()
+                os._exit(1)  # the main thread may be blocked in a collective forever
+
+    def close(self) -> None:
+        """Stop watching (the loop is over)."""
+        self._done.set()

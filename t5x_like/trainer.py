@@ -268,6 +268,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
     sources = SourceTokens(inputs.task_names)
     pending, (batch, extras) = None, (first_batch, first_extras)
     preemption = distributed.PreemptionGuard()
+    watchdog = distributed.StepWatchdog(cfg.distributed.step_timeout_s)
     try:
         for step in range(start + 1, tc.train_steps + 1):
             state, metrics = train_step(state, partitioner.global_batch(batch))
@@ -277,6 +278,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
             pending = (step, metrics, sources.metrics)
             last = step == tc.train_steps
             preempted = preemption.reached(step) and not last  # the same step on every process
+            watchdog.beat()
             eval_due = last or (tc.eval_every and step % tc.eval_every == 0)
             if eval_due or last or preempted or step % tc.checkpoint_every == 0:
                 reporter(*pending)  # the state is known finite before anything uses it
@@ -293,6 +295,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
             if not last:
                 batch, extras = split_batch(next(inputs.train_iter))
     finally:
+        watchdog.close()
         preemption.close()
         checkpointer.close()
         writer.close()

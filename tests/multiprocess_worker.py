@@ -12,7 +12,9 @@ proper deals rows by index and so changes with the process count (docs/data.md).
 from __future__ import annotations
 
 import json
+import functools
 import sys
+import threading
 import time
 
 import numpy as np
@@ -72,6 +74,20 @@ class GlobalBatches:
         pass
 
 
+class StuckAt(GlobalBatches):
+    """Blocks for good when asked for batch `at`: a stuck input pipeline, heartbeats still
+    flowing (what JAX's heartbeat cannot detect and StepWatchdog is for)."""
+
+    def __init__(self, *args, at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def __next__(self) -> dict:
+        if self.next_batch == self.at:
+            threading.Event().wait()
+        return super().__next__()
+
+
 def make_inputs(cfg: cfg_lib.RunConfig, process_index: int, process_count: int,
                 delay_s: float = 0.0, batches=GlobalBatches):
     """Train and eval inputs of this process from the fixed random rows."""
@@ -110,8 +126,11 @@ def main(argv: list[str]) -> int:
         if spec.get("evaluate"):
             evaluate_latest(cfg)
         else:
+            batches = GlobalBatches
+            if jax.process_index() == spec.get("stuck_process"):
+                batches = functools.partial(StuckAt, at=spec["stuck_at_batch"])
             trainer.train(cfg, make_inputs(cfg, jax.process_index(), jax.process_count(),
-                                           spec.get("delay_s", 0.0)))
+                                           spec.get("delay_s", 0.0), batches))
     except Exception as e:
         distributed.report_fatal(e)
         distributed.exit_after_fatal(1)

@@ -48,10 +48,10 @@ def compile_cache(tmp_path_factory):
 class Job:
     """launch/local.py running the worker on 2 processes x 4 devices; output collected live."""
 
-    def __init__(self, parts, cache_dir, delay_s=0.0, grace_s=30, cli_args=None,
-                 evaluate=False):
-        """The worker on `parts` (a RunConfig as dicts), or `t5x-like CLI_ARGS...`."""
-        spec = json.dumps({"config": parts, "delay_s": delay_s, "evaluate": evaluate})
+    def __init__(self, parts, cache_dir, delay_s=0.0, grace_s=30, cli_args=None, **worker):
+        """The worker on `parts` (a RunConfig as dicts) and `worker` options (evaluate,
+        stuck_process, stuck_at_batch), or `t5x-like CLI_ARGS...`."""
+        spec = json.dumps({"config": parts, "delay_s": delay_s, **worker})
         program = ([str(REPO / "tests" / "multiprocess_worker.py"), spec] if cli_args is None
                    else ["-m", "t5x_like.cli", *cli_args])
         command = [sys.executable, str(REPO / "launch" / "local.py"), "-n", "2", "-d", "4",
@@ -185,6 +185,17 @@ def test_a_dead_peer_makes_the_survivor_fail_instead_of_hanging(stdlib_data, com
     assert re.search(r"\[launch\] process 0: (exit code [1-9]|killed by SIGABRT)", job.output)
 
 
+def test_a_stuck_peer_ends_the_job_through_the_step_watchdog(compile_cache, tmp_path):
+    parts = _parts(tmp_path, steps=400)
+    parts["distributed"]["step_timeout_s"] = 10  # heartbeats keep flowing: 100 s default
+    job = Job(parts, compile_cache, grace_s=120, stuck_process=1, stuck_at_batch=3)
+    assert job.finish() != 0, job.output
+    assert re.search(r"\[p1\] .*\[process 1/2\] CRITICAL fatal error, exiting: no training "
+                     r"step finished in \d+ s", job.output), job.output
+    assert "grace period over" not in job.output  # both processes ended by themselves
+    assert re.search(r"\[launch\] process 0: (exit code [1-9]|killed by SIGABRT)", job.output)
+
+
 def test_two_process_checkpoint_restores_in_one_process_on_another_mesh(two_process_run):
     model_dir, rows = two_process_run
     cfg = config_from_dict(_parts(model_dir))
@@ -229,6 +240,8 @@ def test_environment_fills_only_what_the_config_leaves_empty():
     (dict(coordinator_address="10.0.0.2"), "expected host:port"),
     (dict(num_processes=-1), "must be >= 0"),
     (dict(heartbeat_timeout_s=0), "must be positive"),
+    (dict(step_timeout_s=-1), "must be >= 0"),
+    (dict(num_processes=2, process_id=2), "must be below num_processes=2"),
 ])
 def test_bad_distributed_config_is_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
