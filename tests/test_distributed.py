@@ -183,9 +183,8 @@ def test_a_dead_peer_makes_the_survivor_fail_instead_of_hanging(stdlib_data, com
     # or JAX's heartbeat declares the peer dead and ends the survivor.
     survivor = "".join(l for l in job.lines if l.startswith("[p0]"))
     assert ("[process 0/2] CRITICAL fatal error, exiting" in survivor
-            and "another process died" in survivor) or "another task died" in survivor, \
-        job.output
-    # The survivor exited by itself (JAX's heartbeat), not because the launcher stopped it.
+            or "another task died" in survivor), job.output
+    # The survivor exited by itself (its collective or the heartbeat), not by the launcher.
     assert "grace period over" not in job.output
     assert re.search(r"\[launch\] process 0: (exit code [1-9]|killed by SIGABRT)", job.output)
 
@@ -195,10 +194,12 @@ def test_a_stuck_peer_ends_the_job_through_the_step_watchdog(compile_cache, tmp_
     parts["distributed"]["step_timeout_s"] = 10  # heartbeats keep flowing: 100 s default
     job = Job(parts, compile_cache, grace_s=120, stuck_process=1, stuck_at_batch=3)
     assert job.finish() != 0, job.output
-    assert re.search(r"\[p1\] .*\[process 1/2\] CRITICAL fatal error, exiting: no training "
-                     r"step finished in \d+ s", job.output), job.output
+    # The stuck process's watchdog usually fires first; the waiting one's may win the race.
+    # Whichever exits first, the other then fails too (its collective or JAX's coordinator).
+    assert re.search(r"\[p(\d)\] .*\[process \1/2\] CRITICAL fatal error, exiting: no "
+                     r"training step finished in \d+ s", job.output), job.output
     assert "grace period over" not in job.output  # both processes ended by themselves
-    assert re.search(r"\[launch\] process 0: (exit code [1-9]|killed by SIGABRT)", job.output)
+    assert "exit code 0" not in job.output
 
 
 def test_two_process_checkpoint_restores_in_one_process_on_another_mesh(two_process_run):
