@@ -78,12 +78,24 @@ def _load(args, flags):
     return cfg
 
 
+def _join(cfg) -> bool:
+    """Join the multi-process run, if any (before any other JAX call); True on process 0."""
+    import jax
+    from t5x_like import distributed
+    how = distributed.initialize(cfg.distributed)
+    distributed.configure_logging()
+    log.info("distributed: %s", how)
+    return jax.process_index() == 0
+
+
 def cmd_train(args, flags) -> int:
-    """Train to TRAIN_STEPS, resuming from MODEL_DIR's latest checkpoint."""
+    """Train to TRAIN_STEPS, resuming from MODEL_DIR's latest checkpoint (or from a preemption
+    checkpoint: a SIGTERM saves at the next step and exits 0)."""
     from t5x_like import gin_loader, inputs, trainer
     cfg = _load(args, flags)
-    print(f"MODEL_DIR: {os.path.abspath(cfg.train.model_dir)}", flush=True)
-    gin_loader.write_operative_config(cfg.train.model_dir)
+    if _join(cfg):
+        print(f"MODEL_DIR: {os.path.abspath(cfg.train.model_dir)}", flush=True)
+        gin_loader.write_operative_config(cfg.train.model_dir)
     _, run_inputs = inputs.build_inputs(cfg)
     rows = trainer.train(cfg, run_inputs)
     evals = [r for r in rows if "eval_loss" in r]
@@ -107,12 +119,14 @@ def cmd_eval(args, flags) -> int:
     """Print eval metrics of MODEL_DIR's latest checkpoint as JSON."""
     from t5x_like import inputs, trainer
     cfg = _load(args, flags)
+    primary = _join(cfg)
     batches = inputs.build_eval_batches(cfg, metadata=args.metadata)
     params, graphdef, step, partitioner = trainer.load_trained(cfg)
     eval_step = trainer.compile_eval_step(graphdef, params, partitioner, batches[0],
                                           cfg.train.batch_size)
     metrics = trainer.evaluate(eval_step, params, batches, partitioner)
-    print(json.dumps({"step": step, **metrics}))
+    if primary:
+        print(json.dumps({"step": step, **metrics}))
     return 0
 
 
@@ -167,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `t5x-like` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("absl", "jax._src.xla_bridge", "orbax", "tensorflow"):
+    from t5x_like.distributed import NOISY_LOGGERS
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         rest, flags = _split_gin_flags(list(sys.argv[1:] if argv is None else argv))
@@ -183,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"t5x-like: configuration error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # every process reports its own failure, tagged with its id
+        from t5x_like import distributed
+        distributed.report_fatal(e)
+        distributed.exit_after_fatal(1)
+        return 1
 
 
 if __name__ == "__main__":

@@ -155,10 +155,14 @@ class ModelConfig(_Validated):
 class MeshConfig(_Validated):
     """Device mesh: ICI (within a slice) x DCN (across slices) sizes per axis; -1 fills."""
 
-    ici_data: int = -1
-    ici_fsdp: int = 1
+    # Defaults: FSDP within a slice (parameters and optimizer state sharded over the fast ICI
+    # links), data parallel across slices (only the gradient reduction crosses DCN). A DCN size
+    # of -1 is the number of slices (TPU), or of processes where devices have no slice (GPU
+    # nodes; CPU processes stand in for slices).
+    ici_data: int = 1
+    ici_fsdp: int = -1
     ici_tensor: int = 1
-    dcn_data: int = 1  # data parallelism across slices/hosts is the cheap default over DCN
+    dcn_data: int = -1
     dcn_fsdp: int = 1
     dcn_tensor: int = 1
     logical_axis_rules: tuple[tuple[str, Any], ...] = DEFAULT_LOGICAL_AXIS_RULES
@@ -183,6 +187,50 @@ class MeshConfig(_Validated):
     def dcn_shape(self) -> tuple[int, int, int]:
         """(data, fsdp, tensor) sizes across slices."""
         return (self.dcn_data, self.dcn_fsdp, self.dcn_tensor)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig(_Validated):
+    """How this process joins a multi-process (multi-host) run; see t5x_like.distributed.
+
+    Empty values are filled from T5X_LIKE_COORDINATOR_ADDRESS / T5X_LIKE_NUM_PROCESSES /
+    T5X_LIKE_PROCESS_ID (what launch/local.py sets), else detected on TPU pods, Slurm and MPI
+    jobs; with neither, the run is a single process. Process-specific values (process_id) belong
+    in the environment, since every host runs the same command and gin files.
+    """
+
+    coordinator_address: str = ""  # host:port of process 0's coordination service
+    num_processes: int = 0  # 0 = from the environment or detected
+    process_id: int = -1  # -1 = from the environment or detected
+    auto_detect: bool = True  # call jax.distributed.initialize() on a detected TPU/Slurm/MPI job
+    initialization_timeout_s: int = 300  # wait this long for every process to connect
+    # A process that sends no heartbeat for this long is declared dead; every survivor then
+    # exits with an error instead of waiting forever in a collective.
+    heartbeat_timeout_s: int = 100
+    shutdown_timeout_s: int = 300  # at exit, wait this long for the other processes
+    # A process whose loop finishes no step for this long exits with an error: covers a peer
+    # that is alive (heartbeats flowing) but stuck, which heartbeats cannot see. 0 = off; set
+    # it well above the slowest step plus an eval pass and a checkpoint save.
+    step_timeout_s: int = 0
+
+    def _validate(self):
+        if self.coordinator_address:
+            host, sep, port = self.coordinator_address.rpartition(":")
+            self._require(bool(sep and host and port.isdigit()), "coordinator_address",
+                          "expected host:port, e.g. 10.0.0.2:1234")
+        self._require(self.num_processes >= 0, "num_processes", "must be >= 0 (0 = detect)")
+        self._require(self.process_id >= -1, "process_id", "must be >= -1 (-1 = detect)")
+        if self.num_processes and self.process_id >= 0:
+            self._require(self.process_id < self.num_processes, "process_id",
+                          f"must be below num_processes={self.num_processes}")
+        for name in ("initialization_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
+            self._require(getattr(self, name) > 0, name, "must be positive (seconds)")
+        self._require(self.step_timeout_s >= 0, "step_timeout_s", "must be >= 0 (0 = off)")
+
+    @property
+    def explicit(self) -> bool:
+        """Whether the coordinator is given (rather than detected)."""
+        return bool(self.coordinator_address)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,6 +439,7 @@ class RunConfig(_Validated):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def _validate(self):
         lengths, name = self.data.task_feature_lengths, self.objective.name

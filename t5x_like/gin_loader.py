@@ -24,7 +24,8 @@ from t5x_like.config import ConfigError, RunConfig
 
 _PARTS = {"model": cfg_lib.ModelConfig, "mesh": cfg_lib.MeshConfig,
           "optimizer": cfg_lib.OptimizerConfig, "data": cfg_lib.DataConfig,
-          "train": cfg_lib.TrainConfig, "objective": cfg_lib.ObjectiveConfig}
+          "train": cfg_lib.TrainConfig, "objective": cfg_lib.ObjectiveConfig,
+          "distributed": cfg_lib.DistributedConfig}
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_GIN_FILE = "runs/pretrain.gin"
 _registered: dict[str, object] = {}

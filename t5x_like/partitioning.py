@@ -49,17 +49,27 @@ def make_mesh(ici_shape: Sequence[int], dcn_shape: Sequence[int] = (1, 1, 1),
     ici = _fill(ici_shape, len(devices) // math.prod(dcn), "ici mesh shape")
     if math.prod(dcn) == 1:
         grid = mesh_utils.create_device_mesh(ici, devices=devices, allow_split_physical_axes=True)
-    elif getattr(devices[0], "slice_index", None) is None:
-        # No slice topology (CPU, or GPUs grouped by process): DCN axes outermost by process.
+    elif not _has_slices(devices):
+        # No slice topology (GPU nodes, CPU processes): processes stand in for slices. Each DCN
+        # coordinate is one group of processes, and within a mesh axis it varies slowest.
         by_process = sorted(devices, key=lambda d: (d.process_index, d.id))
-        grid = np.array(by_process).reshape(tuple(d * i for d, i in zip(dcn, ici)))
+        grid = (np.array(by_process).reshape(tuple(dcn) + tuple(ici))
+                .transpose(0, 3, 1, 4, 2, 5).reshape(tuple(d * i for d, i in zip(dcn, ici))))
     else:
         grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
     return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def _has_slices(devices: Sequence[jax.Device]) -> bool:
+    """TPUs know their slice; elsewhere `slice_index` is absent or 0 on every process."""
+    return devices[0].platform == "tpu" and getattr(devices[0], "slice_index", None) is not None
+
+
 def _num_slices(devices: Sequence[jax.Device]) -> int:
-    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+    """TPU slices; where devices carry no slice (GPU, CPU), the processes stand in for them."""
+    if not _has_slices(devices):
+        return len({d.process_index for d in devices})
+    return len({d.slice_index for d in devices})
 
 
 def logical_to_mesh_spec(names: Sequence[str | None], rules: Rules,

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from t5x_like import checkpointing, optim, state as state_lib, step as step_lib
+from t5x_like import checkpointing, distributed, optim, state as state_lib, step as step_lib
 from t5x_like.config import RunConfig, flops_per_token
 from t5x_like.inputs import Inputs
 from t5x_like.metrics import MetricsWriter, peak_flops_per_device, read_metrics
@@ -267,6 +267,8 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
                                       partitioner))
     sources = SourceTokens(inputs.task_names)
     pending, (batch, extras) = None, (first_batch, first_extras)
+    preemption = distributed.PreemptionGuard()
+    watchdog = distributed.StepWatchdog(cfg.distributed.step_timeout_s)
     try:
         for step in range(start + 1, tc.train_steps + 1):
             state, metrics = train_step(state, partitioner.global_batch(batch))
@@ -275,18 +277,26 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
                 reporter(*pending)  # step N-1's metrics, read while step N runs
             pending = (step, metrics, sources.metrics)
             last = step == tc.train_steps
+            preempted = preemption.reached(step) and not last  # the same step on every process
+            watchdog.beat()
             eval_due = last or (tc.eval_every and step % tc.eval_every == 0)
-            if eval_due or last or step % tc.checkpoint_every == 0:
+            if eval_due or last or preempted or step % tc.checkpoint_every == 0:
                 reporter(*pending)  # the state is known finite before anything uses it
                 pending = None
                 if eval_due:
                     reporter.log_eval(step, evaluate(eval_step, state["params"],
                                                      inputs.eval_batches, partitioner))
                 checkpointer.save(step, state, inputs.train_iter, cfg.model.to_dict(),
-                                  force=last)
+                                  force=last or preempted)
+            if preempted:
+                log.warning("preempted: saved a checkpoint at step %d; relaunch the same "
+                            "command to resume", step)
+                break
             if not last:
                 batch, extras = split_batch(next(inputs.train_iter))
     finally:
+        watchdog.close()
+        preemption.close()
         checkpointer.close()
         writer.close()
         if progress is not None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from t5x_like.config import DEFAULT_LOGICAL_AXIS_RULES as RULES
+from t5x_like.config import DEFAULT_LOGICAL_AXIS_RULES as RULES, MeshConfig
 from t5x_like.partitioning import Partitioner, logical_to_mesh_spec, make_mesh
 
 
@@ -22,6 +22,19 @@ def test_wrong_mesh_product_is_a_clear_error():
 def test_dcn_axes_are_outermost_by_process():
     mesh = make_mesh((1, 4, 1), dcn_shape=(2, 1, 1))
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_a_dcn_axis_varies_slowest_within_its_mesh_axis():
+    # Devices 0-3 and 4-7 stand for two hosts; DCN on fsdp: each half of fsdp is one host.
+    ids = np.vectorize(lambda d: d.id)(make_mesh((2, 2, 1), dcn_shape=(1, 2, 1)).devices)
+    assert ids.shape == (2, 4, 1)
+    assert (ids[:, :2] < 4).all() and (ids[:, 2:] >= 4).all()
+
+
+def test_default_mesh_is_fsdp_within_a_slice_and_data_across():
+    mesh_cfg = MeshConfig()
+    mesh = make_mesh(mesh_cfg.ici_shape, mesh_cfg.dcn_shape)  # one process: one "slice"
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
 
 
 def test_rules_use_each_mesh_axis_once():
