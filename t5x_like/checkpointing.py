@@ -7,6 +7,10 @@ Each checkpoint step directory has three items:
   uninterrupted run would have seen;
 - `model`: the ModelConfig as JSON, checked on restore so that a checkpoint from another model
   fails with the differing fields named instead of a shape error deep inside orbax.
+
+A *parameters-only* checkpoint (what `t5x-like convert` writes, at step 0) has `params` and
+`model` instead: training starts from it with fresh optimizer moments and a fresh data iterator,
+eval and generate read its parameters like any other.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from t5x_like.config import ModelConfig
@@ -51,6 +56,49 @@ class Checkpointer:
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def save_params(self, step: int, params: Any, model_config: dict) -> None:
+        """Write a parameters-only checkpoint (numpy or jax arrays) and wait until it is on disk."""
+        self._manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_config)),
+            force=True)
+        self._manager.wait_until_finished()
+
+    def holds_train_state(self, step: int) -> bool:
+        """Whether `step` is a full train state (else a parameters-only checkpoint)."""
+        return pathlib.Path(self.directory, str(step), "state").is_dir()
+
+    def restore_params(self, step: int, abstract_params: Any, model_config: dict | None,
+                       as_numpy: bool = False) -> Any:
+        """The parameters of `step` (either kind of checkpoint), without optimizer moments.
+
+        They land on `abstract_params`' shapes and shardings, or as host numpy arrays with
+        `as_numpy` (conversion and inspection on any machine). `model_config` None skips the
+        check that the checkpoint was written by that model.
+        """
+        if model_config is not None:
+            check_same_model(self.model_config(step), model_config, f"{self.directory}/{step}")
+        if as_numpy:
+            restore_args = jax.tree.map(
+                lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), abstract_params)
+        else:
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+        # Read the item directly: the manager binds one handler per item name, and a train
+        # state's params are a partial restore (no copy of the optimizer moments).
+        step_dir = pathlib.Path(self.directory, str(step))
+        if self.holds_train_state(step):
+            item, restore_args = {"params": abstract_params}, {"params": restore_args}
+            args = ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
+            with ocp.PyTreeCheckpointer() as reader:
+                return reader.restore(step_dir / "state", args=args)["params"]
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.restore(step_dir / "params", args=ocp.args.PyTreeRestore(
+                abstract_params, restore_args=restore_args))
+
+    def model_config(self, step: int) -> dict:
+        """The ModelConfig fields the checkpoint at `step` was written with."""
+        return self._manager.restore(step, args=ocp.args.Composite(
+            model=ocp.args.JsonRestore()))["model"]
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any,
                 model_config: dict) -> Any:

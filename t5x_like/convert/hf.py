@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from t5x_like.config import ModelConfig, RunConfig
+from t5x_like.config import ModelConfig
 from t5x_like.convert import hf_llama, hf_t5
+from t5x_like.convert.model_dir import abstract_params
 from t5x_like.convert.tensors import (ConversionError, HFSource, Source, export_tensors,
                                       import_params, numpy_dtype, write_safetensors)
 
@@ -26,13 +27,6 @@ _BY_MODEL_TYPE = {"t5": hf_t5, "mt5": hf_t5, "llama": hf_llama}
 def format_of(cfg: ModelConfig):
     """The format module (hf_t5 or hf_llama) for our architecture."""
     return hf_t5 if cfg.architecture == "encoder_decoder" else hf_llama
-
-
-def abstract_params(cfg: ModelConfig) -> Any:
-    """Our model's parameter tree as ShapeDtypeStructs, traced without allocating anything."""
-    from t5x_like.state import model_spec
-    from t5x_like.trainer import default_model_factory
-    return model_spec(default_model_factory(RunConfig(model=cfg))).abstract_params
 
 
 def read_hf_config(directory: str | os.PathLike) -> dict:
