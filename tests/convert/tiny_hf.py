@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+
+from t5x_like.models.encoder_decoder import EncoderDecoder
+from t5x_like.state import model_spec
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -82,3 +88,38 @@ def as_torch(x):
 def state_dict_numpy(model) -> dict[str, np.ndarray]:
     """The model's state dict as numpy arrays."""
     return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def t5_model(cfg, params) -> EncoderDecoder:
+    """Our model holding `params`, without a random init."""
+    spec = model_spec(lambda rngs: EncoderDecoder(cfg, rngs=rngs))
+    return nnx.merge(spec.graphdef, jax.tree.map(jnp.asarray, params))
+
+
+def hf_t5_logits(model, enc, dec, enc_mask=None, dec_mask=None) -> np.ndarray:
+    """The HF T5's logits for teacher-forced decoder inputs (masks: 1 = real token)."""
+    with torch.no_grad():
+        return model(input_ids=as_torch(enc), attention_mask=as_torch(enc_mask),
+                     decoder_input_ids=as_torch(dec),
+                     decoder_attention_mask=as_torch(dec_mask)).logits.numpy()
+
+
+def t5_max_diff_to_hf(hf_model, model: EncoderDecoder) -> float:
+    """Largest logit difference: rows 0-1 one segment (row 1 padded) against HF with masks, rows
+    2-3 two packed segments against HF on each segment alone."""
+    L, M, V = 20, 12, hf_model.config.vocab_size
+    enc_seg, enc_pos = segments([[L], [L - 6], [9, 11], [7, 10]], L)
+    dec_seg, dec_pos = segments([[M], [M - 4], [5, 7], [6, 4]], M)
+    enc, dec = tokens(enc_seg, V, 1), tokens(dec_seg, V, 2)
+    dec[dec_pos == 0] = 0  # BOS at every segment start
+    forward = nnx.jit(EncoderDecoder.__call__) if model.cfg.scan_layers else EncoderDecoder.__call__
+    got = np.asarray(forward(model, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos))
+    ref = hf_t5_logits(hf_model, enc[:2], dec[:2], enc_seg[:2] > 0, dec_seg[:2] > 0)
+    real = dec_seg[:2] > 0
+    diffs = [np.abs(got[:2][real] - ref[real]).max()]
+    for r in (2, 3):
+        for s in (1, 2):
+            alone = hf_t5_logits(hf_model, enc[r:r + 1, enc_seg[r] == s],
+                                 dec[r:r + 1, dec_seg[r] == s])[0]
+            diffs.append(np.abs(got[r, dec_seg[r] == s] - alone).max())
+    return float(max(diffs))
