@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from t5x_like.config import ModelConfig
-from t5x_like.convert.tensors import ConversionError, Source, Tensor
+from t5x_like.convert.tensors import ConversionError, Source, Tensor, require_keys
 
 
 def _rope_theta(hf_config: dict) -> float:
@@ -34,6 +34,9 @@ def model_config(hf_config: dict, **overrides: Any) -> ModelConfig:
             raise ConversionError(f"{flag}=true: our decoder has no biases")
     if hf_config.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"hidden_act {hf_config['hidden_act']!r}: only silu (SwiGLU)")
+    rope_theta = _rope_theta(hf_config)
+    require_keys(hf_config, ("vocab_size", "hidden_size", "num_hidden_layers",
+                             "num_attention_heads", "intermediate_size"), "Llama config.json")
     heads = hf_config["num_attention_heads"]
     fields = dict(
         architecture="decoder", vocab_size=hf_config["vocab_size"],
@@ -41,7 +44,7 @@ def model_config(hf_config: dict, **overrides: Any) -> ModelConfig:
         num_heads=heads, num_kv_heads=hf_config.get("num_key_value_heads") or heads,
         head_dim=hf_config.get("head_dim") or hf_config["hidden_size"] // heads,
         mlp_dim=hf_config["intermediate_size"], mlp_activation="silu",
-        rope_theta=_rope_theta(hf_config), norm_eps=hf_config.get("rms_norm_eps", 1e-6),
+        rope_theta=rope_theta, norm_eps=hf_config.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)))
     return ModelConfig(**(fields | overrides))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from t5x_like.config import ModelConfig
-from t5x_like.convert.tensors import ConversionError, Source, Tensor
+from t5x_like.convert.tensors import ConversionError, Source, Tensor, require_keys
 
 _ACTIVATIONS = {"relu": "relu", "gated-gelu": "gelu_tanh", "gated-silu": "silu"}
 # Tensors that carry nothing of ours: the stacks' aliases of `shared`, and a cross-attention
@@ -42,6 +42,8 @@ def model_config(hf_config: dict, **overrides: Any) -> ModelConfig:
     if proj not in _ACTIVATIONS:
         raise ConversionError(f"feed_forward_proj {proj!r} is not supported; supported: "
                               f"{', '.join(_ACTIVATIONS)}")
+    require_keys(hf_config, ("vocab_size", "d_model", "num_layers", "num_heads", "d_kv", "d_ff"),
+                 "T5 config.json")
     encoder_layers = hf_config["num_layers"]
     fields = dict(
         architecture="encoder_decoder", vocab_size=hf_config["vocab_size"],

@@ -59,6 +59,13 @@ class Source(Protocol):
         """The values of one tensor."""
 
 
+def require_keys(config: Mapping[str, Any], keys: Iterable[str], what: str) -> None:
+    """Raise ConversionError naming the first of `keys` that `config` lacks."""
+    for key in keys:
+        if key not in config:
+            raise ConversionError(f"{what} lacks {key!r}; is it a complete config.json?")
+
+
 def numpy_dtype(name: str) -> np.dtype:
     """'float32' / 'bfloat16' / 'float16' as a numpy dtype (ml_dtypes provides bfloat16)."""
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
