@@ -18,10 +18,13 @@ from t5x_like.convert.model_dir import find_checkpoint
 
 
 def _leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, leaf) in name order, layer numbers in numeric order; optax's tuples included."""
+    if isinstance(tree, (list, tuple)):
+        tree = dict(enumerate(tree))
     if isinstance(tree, dict):
-        for key in sorted(tree, key=lambda k: (isinstance(k, str), str(k).zfill(6))):
+        for key in sorted(tree, key=lambda k: (0, int(k)) if str(k).isdigit() else (1, str(k))):
             yield from _leaves(tree[key], f"{prefix}{key}/")
-    else:
+    elif tree is not None:
         yield prefix[:-1], tree
 
 
@@ -46,8 +49,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     model_dir, step = find_checkpoint(path)
     step_dir = pathlib.Path(model_dir, "checkpoints", str(step))
     full = (step_dir / "state").is_dir()
-    with ocp.PyTreeCheckpointer() as reader:
-        tree = reader.metadata(step_dir / ("state" if full else "params")).item_metadata.tree
+    # The handler, not a Checkpointer: the item directory has no step metadata to look for.
+    tree = ocp.PyTreeCheckpointHandler().metadata(step_dir / ("state" if full else "params")).tree
     params = tree["params"] if full else tree
     rows = [_array_row(n, m) for n, m in _leaves(params)]
     report = {"checkpoint": str(step_dir), "step": step,
@@ -85,7 +88,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"parameters: {report['num_params']:,} ({_size(report['param_bytes'])})")
     for r in report["params"]:
         lines.append(f"  {r['name']:<{width}}  {str(tuple(r['shape'])):<18} {r['dtype']:<9} "
-                     f"{r['sharding']:<28} {_size(r['bytes'])}")
+                     f"{r['sharding']:<32} {_size(r['bytes'])}")
     if "opt_state_bytes" in report:
         lines.append(f"optimizer state: {_size(report['opt_state_bytes'])}")
     if report["data_iter"]:
