@@ -38,8 +38,9 @@ def add_parsers(sub) -> None:
                       help="run gin files DST/config.gin is composed of (repeatable; default "
                            "runs/pretrain.gin for decoders, runs/ul2_tiny.gin for T5)")
     conv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                      help="store the parameters in this dtype (default: t5x_like keeps "
-                           "ModelConfig.param_dtype, hf writes float32)")
+                      help="store the parameters in this dtype, e.g. a bf16 parameters-only "
+                           "export (default: float32; to t5x_like it sets "
+                           "ModelConfig.param_dtype)")
     conv.add_argument("--t5x_scan_axis", type=int, default=1,
                       help="layer axis of a scanned T5X checkpoint (T5X's param_scan_axis)")
     ins = sub.add_parser("inspect", help="list a checkpoint: step, parameters with shapes, "
@@ -90,6 +91,8 @@ def cmd_convert(args, flags: dict[str, str]) -> int:
         print(f"wrote {out}/config.json and model.safetensors from step {step}")
         return 0
     tokenizer = None
+    if args.dtype:  # allocate the converted tree in that dtype: no second, cast copy
+        overrides.setdefault("param_dtype", args.dtype)
     if route == ("hf", "t5x_like"):
         cfg, params = hf.import_hf_dir(src, **overrides)
         tokenizer = _hf_tokenizer(src, bindings)
@@ -98,8 +101,7 @@ def cmd_convert(args, flags: dict[str, str]) -> int:
         cfg, params, step = t5x_legacy.import_t5x_dir(src, args.t5x_scan_axis, **overrides)
         origin = f"T5X step {step}"
     out = model_dir.write_model_dir(args.dst, cfg, params, run_gin_files=args.gin_file or None,
-                                    bindings=bindings, tokenizer=tokenizer,
-                                    param_dtype=args.dtype)
+                                    bindings=bindings, tokenizer=tokenizer)
     print(f"wrote {out} from {origin} ({cfg.architecture}); continue with\n"
           f"  t5x-like train --gin_file={out}/config.gin\n"
           f"  t5x-like generate --model_dir={out} PROMPT")

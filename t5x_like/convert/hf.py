@@ -13,8 +13,6 @@ import os
 import pathlib
 from typing import Any
 
-import numpy as np
-
 from t5x_like.config import ModelConfig
 from t5x_like.convert import hf_llama, hf_t5
 from t5x_like.convert.model_dir import abstract_params
@@ -81,7 +79,3 @@ def export_hf_dir(params: Any, cfg: ModelConfig, directory: str | os.PathLike,
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
 
-
-def hf_state(params: Any, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Our parameters as a Hugging Face state dict in memory (small models and tests)."""
-    return dict(export_tensors(params, format_of(cfg).tensors(cfg), scanned=cfg.scan_layers))

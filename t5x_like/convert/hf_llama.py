@@ -71,7 +71,8 @@ def hf_config(cfg: ModelConfig, dtype: str, max_position_embeddings: int = 2048)
         "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "max_position_embeddings": max_position_embeddings, "attention_bias": False,
-        "mlp_bias": False, "tie_word_embeddings": cfg.tie_embeddings, "dtype": dtype,
+        "mlp_bias": False, "tie_word_embeddings": cfg.tie_embeddings,
+        "dtype": dtype, "torch_dtype": dtype,  # transformers 4.x reads the latter
         "use_cache": True,
     }
 

@@ -77,7 +77,8 @@ def hf_config(cfg: ModelConfig, dtype: str) -> dict:
         # unless the file holds a different lm_head, which an untied export does.
         "tie_word_embeddings": cfg.tie_embeddings, "scale_decoder_outputs": cfg.tie_embeddings,
         "dropout_rate": 0.0, "initializer_factor": 1.0, "pad_token_id": 0, "eos_token_id": 1,
-        "decoder_start_token_id": 0, "dtype": dtype, "use_cache": True,
+        "decoder_start_token_id": 0, "dtype": dtype, "torch_dtype": dtype,  # 4.x reads the latter
+        "use_cache": True,
     }
 
 
