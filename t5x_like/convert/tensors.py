@@ -22,7 +22,7 @@ import os
 import pathlib
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -67,8 +67,8 @@ def require_keys(config: Mapping[str, Any], keys: Iterable[str], what: str) -> N
 
 
 def numpy_dtype(name: str) -> np.dtype:
-    """'float32' / 'bfloat16' / 'float16' as a numpy dtype (ml_dtypes provides bfloat16)."""
-    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+    """'float32' / 'bfloat16' / 'float16' as a numpy dtype (JAX's numpy bfloat16 included)."""
+    return np.dtype(jnp.dtype(name))
 
 
 def _slot_parent(tree: dict, path: tuple, layer: int | None, scanned: bool):
@@ -241,7 +241,7 @@ class HFSource:
                 return f.get_tensor(name)
         tensor = self._torch_file(file)[name]
         if str(tensor.dtype) == "torch.bfloat16":
-            return tensor.float().numpy().astype(ml_dtypes.bfloat16)
+            return tensor.float().numpy().astype(numpy_dtype("bfloat16"))
         return tensor.numpy()
 
 

@@ -1,7 +1,7 @@
 """A converted MODEL_DIR: parameters-only checkpoint, model.gin and config.gin; bf16 export."""
 
 import jax
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -25,7 +25,7 @@ def test_bfloat16_parameters_only_model_dir_reads_back_and_is_not_overwritten(tm
     flat, flat_got = jax.tree.leaves(params), jax.tree.leaves(got)
     assert len(flat) == len(flat_got)
     for want, have in zip(flat, flat_got):
-        assert have.dtype == ml_dtypes.bfloat16
-        np.testing.assert_array_equal(have, want.astype(ml_dtypes.bfloat16))
+        assert have.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(have, want.astype(jnp.bfloat16))
     with pytest.raises(ConversionError, match="checkpoints exists: convert into a new directory"):
         write_model_dir(out, cfg, params)
