@@ -99,3 +99,17 @@ def test_tied_llama_converts_without_a_head_and_exports_bfloat16(tmp_path):
     assert reloaded.model.embed_tokens.weight.dtype == torch.bfloat16
     torch.testing.assert_close(reloaded.model.embed_tokens.weight.float(),
                                model.model.embed_tokens.weight.bfloat16().float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["sharded_safetensors", "pytorch_bin"])
+def test_sharded_and_pytorch_bin_directories_import_the_same_tensors(saved, tmp_path, layout):
+    model, directory = saved
+    if layout == "pytorch_bin":
+        torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    else:
+        model.save_pretrained(tmp_path, max_shard_size="20KB")
+        assert (tmp_path / "model.safetensors.index.json").is_file()
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    _, want = hf.import_hf_dir(directory, scan_layers=False)
+    _, got = hf.import_hf_dir(tmp_path, scan_layers=False)
+    jax.tree.map(np.testing.assert_array_equal, got, want)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
+from t5x_like import cli
 from t5x_like.convert import t5x_legacy
+from t5x_like.convert.model_dir import read_params
 from t5x_like.convert.tensors import ConversionError
 
 from .tiny_hf import hf_t5, state_dict_numpy, t5_max_diff_to_hf, t5_model
@@ -139,3 +141,19 @@ def test_gated_checkpoint_needs_the_activation_and_a_missing_layer_is_named(tmp_
         t5x_legacy.import_t5x_dir(tmp_path / "ckpt")
     with pytest.raises(ConversionError, match=r"lacks .*'decoder/layers_3/.*' of shape"):
         t5x_legacy.import_t5x_dir(tmp_path / "ckpt", mlp_activation="silu", num_layers=4)
+
+
+def test_cli_converts_a_t5x_checkpoint_into_a_model_dir(tmp_path, capsys):
+    model = hf_t5("ul2")
+    write_t5x_checkpoint(tmp_path / "checkpoint_7",
+                         _t5x_params(state_dict_numpy(model), True, False, False, 4), step=7)
+    args = ["convert", "--from", "t5x", "--to", "t5x_like", str(tmp_path / "checkpoint_7"),
+            str(tmp_path / "run"), "--gin.ModelConfig.relative_attention_max_distance=12",
+            "--gin.ModelConfig.scan_layers=False"]
+    assert cli.main(args) == 2
+    assert "mlp_activation" in capsys.readouterr().err
+    assert cli.main(args + ["--gin.ModelConfig.mlp_activation=silu"]) == 0
+    assert "from T5X step 7" in capsys.readouterr().out
+    cfg, params, step = read_params(tmp_path / "run")
+    assert step == 0 and cfg.mlp_activation == "silu"
+    assert t5_max_diff_to_hf(model, t5_model(cfg, params)) < 1e-5
