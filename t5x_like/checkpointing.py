@@ -57,13 +57,6 @@ class Checkpointer:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-    def save_params(self, step: int, params: Any, model_config: dict) -> None:
-        """Write a parameters-only checkpoint (numpy or jax arrays) and wait until it is on disk."""
-        self._manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_config)),
-            force=True)
-        self._manager.wait_until_finished()
-
     def holds_train_state(self, step: int) -> bool:
         """Whether `step` is a full train state (else a parameters-only checkpoint)."""
         return pathlib.Path(self.directory, str(step), "state").is_dir()
@@ -86,12 +79,14 @@ class Checkpointer:
         # Read the item directly: the manager binds one handler per item name, and a train
         # state's params are a partial restore (no copy of the optimizer moments).
         step_dir = pathlib.Path(self.directory, str(step))
-        if self.holds_train_state(step):
-            item, restore_args = {"params": abstract_params}, {"params": restore_args}
-            args = ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
-            with ocp.PyTreeCheckpointer() as reader:
-                return reader.restore(step_dir / "state", args=args)["params"]
-        with ocp.PyTreeCheckpointer() as reader:
+        # Bounded reads in flight: restoring an 8B model as numpy then needs about one copy.
+        reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+            restore_concurrent_gb=CONCURRENT_GB))
+        with reader:
+            if self.holds_train_state(step):
+                item, restore_args = {"params": abstract_params}, {"params": restore_args}
+                return reader.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+                    item, restore_args=restore_args, partial_restore=True))["params"]
             return reader.restore(step_dir / "params", args=ocp.args.PyTreeRestore(
                 abstract_params, restore_args=restore_args))
 
@@ -138,6 +133,43 @@ class Checkpointer:
         """Finish pending saves and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+# GB of arrays orbax reads or writes at once in the parameters-only paths (conversion).
+CONCURRENT_GB = 1
+
+
+def _numpy_to_cpu_arrays(tree: dict, device) -> None:
+    """Replace the numpy leaves of a dict tree by jax arrays on `device`, one at a time, so that
+    each numpy array is freed as soon as its copy exists (one copy of the tree at any time)."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _numpy_to_cpu_arrays(value, device)
+        elif isinstance(value, np.ndarray):
+            tree[key] = jax.device_put(value, device)
+            tree[key].block_until_ready()
+
+
+def save_params(directory: str, step: int, params: dict, model_config: dict) -> None:
+    """Write a parameters-only checkpoint DIRECTORY/checkpoints/<step>/{params,model}.
+
+    `params`' numpy leaves are replaced in place by CPU jax arrays, whose writes orbax bounds to
+    CONCURRENT_GB in flight (its numpy path writes everything at once): saving a converted 8B
+    model needs about one copy of it plus that buffer.
+    """
+    _numpy_to_cpu_arrays(params, jax.devices("cpu")[0])
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(directory, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+        item_handlers={"params": ocp.StandardCheckpointHandler(save_concurrent_gb=CONCURRENT_GB),
+                       "model": ocp.JsonCheckpointHandler()})
+    try:
+        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                   model=ocp.args.JsonSave(model_config)),
+                     force=True)
+        manager.wait_until_finished()
+    finally:
+        manager.close()
 
 
 # Fields that change the parameter tree; numerics such as dtype or remat may differ on restore.

@@ -84,7 +84,9 @@ def write_model_dir(directory: str | os.PathLike, cfg: ModelConfig, params: Any,
     `run_gin_files` (default: by architecture, `DEFAULT_RUN_GIN`) and `bindings`
     (`--gin.KEY=VALUE` style) make up config.gin with the model; `tokenizer`, a sentencepiece
     model, is copied in and becomes DataConfig.tokenizer_path. `param_dtype` (e.g. 'bfloat16')
-    stores the parameters in that dtype and records it in the model config.
+    stores the parameters in that dtype and records it in the model config (a cast copy: to
+    avoid it, import in that dtype). `params`' numpy leaves are consumed: replaced in place by
+    CPU jax arrays while saving (`checkpointing.save_params`), so one copy exists at a time.
     """
     out = pathlib.Path(directory).resolve()
     if (out / "checkpoints").exists():
@@ -101,9 +103,5 @@ def write_model_dir(directory: str | os.PathLike, cfg: ModelConfig, params: Any,
     files = list(run_gin_files or DEFAULT_RUN_GIN[cfg.architecture]) + [str(out / "model.gin")]
     gin_loader.load_run_config(files, flags)  # validates the whole run before writing anything
     gin_loader.write_operative_config(str(out))
-    checkpointer = checkpointing.Checkpointer(str(out), keep=1, every=1, async_save=False)
-    try:
-        checkpointer.save_params(0, params, cfg.to_dict())
-    finally:
-        checkpointer.close()
+    checkpointing.save_params(str(out), 0, params, cfg.to_dict())
     return out
