@@ -79,9 +79,9 @@ class Checkpointer:
         # Read the item directly: the manager binds one handler per item name, and a train
         # state's params are a partial restore (no copy of the optimizer moments).
         step_dir = pathlib.Path(self.directory, str(step))
-        # Bounded reads in flight: restoring an 8B model as numpy then needs about one copy.
+        # Host reads (conversion) bounded in flight: an 8B model then needs about one copy.
         reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
-            restore_concurrent_gb=CONCURRENT_GB))
+            restore_concurrent_gb=CONCURRENT_GB if as_numpy else None))
         with reader:
             if self.holds_train_state(step):
                 item, restore_args = {"params": abstract_params}, {"params": restore_args}
