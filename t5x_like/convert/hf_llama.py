@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from t5x_like.config import ModelConfig
 from t5x_like.convert.tensors import ConversionError, Source, Tensor, require_keys
 
@@ -113,7 +115,6 @@ def import_plan(source: Source, cfg: ModelConfig) -> tuple[list[Tensor], tuple[s
     """(tensors to read, names to ignore): a tied model may still store `lm_head.weight`."""
     ignored = ("lm_head.weight",) if cfg.tie_embeddings else ()
     if cfg.tie_embeddings and "lm_head.weight" in source.names():
-        import numpy as np
         if not np.array_equal(source.read("lm_head.weight"),
                               source.read("model.embed_tokens.weight")):
             raise ConversionError("tie_word_embeddings=true but lm_head.weight differs from "

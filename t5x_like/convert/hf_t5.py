@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from t5x_like.config import ModelConfig
 from t5x_like.convert.tensors import ConversionError, Source, Tensor, require_keys
 
@@ -162,7 +164,6 @@ def import_plan(source: Source, cfg: ModelConfig) -> tuple[list[Tensor], tuple[s
     names = source.names()
     has_head = "lm_head.weight" in names
     if cfg.tie_embeddings and has_head:
-        import numpy as np
         if not np.array_equal(source.read("lm_head.weight"), source.read("shared.weight")):
             raise ConversionError(
                 "lm_head.weight differs from shared.weight, but the config scales the decoder "

@@ -71,16 +71,22 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(jnp.dtype(name))
 
 
+def _leaf_key(path: tuple, layer: int | None, scanned: bool) -> tuple:
+    """Our tree's key path of the array `path`/`layer` writes into (unscanned: the layer index
+    follows 'layers'; scanned: the stacked array itself)."""
+    if layer is None or scanned:
+        return tuple(path)
+    at = path.index("layers") + 1
+    return tuple(path[:at]) + (layer,) + tuple(path[at:])
+
+
 def _slot_parent(tree: dict, path: tuple, layer: int | None, scanned: bool):
-    """(container, key, index) addressing our array for `path`/`layer` inside `tree`."""
+    """(container, key, index along the stacked axis or None) of `path`/`layer` in `tree`."""
+    *parents, key = _leaf_key(path, layer, scanned)
     node = tree
-    keys = list(path)
-    if layer is not None and not scanned:
-        at = keys.index("layers") + 1
-        keys.insert(at, layer)
-    for key in keys[:-1]:
-        node = node[key]
-    return node, keys[-1], (layer if (layer is not None and scanned) else None)
+    for parent in parents:
+        node = node[parent]
+    return node, key, (layer if (layer is not None and scanned) else None)
 
 
 def our_shape(tree: dict, entry: Tensor, scanned: bool) -> tuple[int, ...]:
@@ -112,14 +118,6 @@ def empty_tree(abstract: Any, dtype: np.dtype) -> Any:
     if isinstance(abstract, Mapping):
         return {k: empty_tree(v, dtype) for k, v in abstract.items()}
     return np.empty(abstract.shape, dtype)
-
-
-def _leaf_key(path: tuple, layer: int | None, scanned: bool) -> tuple:
-    """Our tree's key path of the array `path`/`layer` writes into."""
-    if layer is None or scanned:
-        return tuple(path)
-    at = path.index("layers") + 1
-    return tuple(path[:at]) + (layer,) + tuple(path[at:])
 
 
 def _leaves(tree: Any, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
