@@ -66,9 +66,11 @@ def test_inspect_lists_a_parameters_only_checkpoint(converted, capsys):
 
 def test_converted_model_continues_training_and_exports_back(converted, tmp_path, capsys):
     _, run = converted
+    # On a 2x2x2 data x fsdp x tensor mesh: the replicated conversion restores sharded.
     assert cli.main(["train", f"--gin_file={run / 'config.gin'}", "--gin.TRAIN_STEPS=40",
                      "--gin.OptimizerConfig.warmup_steps=5", "--gin.TrainConfig.eval_every=40",
-                     "--gin.TrainConfig.eval_batches=2"]) == 0
+                     "--gin.TrainConfig.eval_batches=2", "--gin.MeshConfig.ici_fsdp=2",
+                     "--gin.MeshConfig.ici_tensor=2"]) == 0
     rows = read_metrics(str(run))
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     losses = [r["loss"] for r in rows if "loss" in r]
@@ -78,6 +80,8 @@ def test_converted_model_continues_training_and_exports_back(converted, tmp_path
     report = json.loads(capsys.readouterr().out)
     assert report["step"] == 40 and report["kind"] == "train state" and report["data_iter"]
     assert report["num_params"] == sum(np.prod(r["shape"]) for r in report["params"])
+    shardings = {r["name"]: r["sharding"] for r in report["params"]}
+    assert shardings["token_embed"] == "('tensor', 'fsdp')", shardings
     assert cli.main(["convert", "--from", "t5x_like", "--to", "hf", str(run),
                      str(tmp_path / "hf")]) == 0
     reloaded = transformers.LlamaForCausalLM.from_pretrained(
