@@ -7,6 +7,10 @@ Each checkpoint step directory has three items:
   uninterrupted run would have seen;
 - `model`: the ModelConfig as JSON, checked on restore so that a checkpoint from another model
   fails with the differing fields named instead of a shape error deep inside orbax.
+
+A *parameters-only* checkpoint (what `t5x-like convert` writes, at step 0) has `params` and
+`model` instead: training starts from it with fresh optimizer moments and a fresh data iterator,
+eval and generate read its parameters like any other.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from t5x_like.config import ModelConfig
@@ -51,6 +56,44 @@ class Checkpointer:
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def holds_train_state(self, step: int) -> bool:
+        """Whether `step` is a full train state (else a parameters-only checkpoint)."""
+        return pathlib.Path(self.directory, str(step), "state").is_dir()
+
+    def restore_params(self, step: int, abstract_params: Any, model_config: dict | None,
+                       as_numpy: bool = False) -> Any:
+        """The parameters of `step` (either kind of checkpoint), without optimizer moments.
+
+        They land on `abstract_params`' shapes and shardings, or as host numpy arrays with
+        `as_numpy` (conversion and inspection on any machine). `model_config` None skips the
+        check that the checkpoint was written by that model.
+        """
+        if model_config is not None:
+            check_same_model(self.model_config(step), model_config, f"{self.directory}/{step}")
+        if as_numpy:
+            restore_args = jax.tree.map(
+                lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), abstract_params)
+        else:
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+        # Read the item directly: the manager binds one handler per item name, and a train
+        # state's params are a partial restore (no copy of the optimizer moments).
+        step_dir = pathlib.Path(self.directory, str(step))
+        # Host reads (conversion) bounded in flight: an 8B model then needs about one copy.
+        reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+            restore_concurrent_gb=CONCURRENT_GB if as_numpy else None))
+        with reader:
+            if self.holds_train_state(step):
+                item, restore_args = {"params": abstract_params}, {"params": restore_args}
+                return reader.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+                    item, restore_args=restore_args, partial_restore=True))["params"]
+            return reader.restore(step_dir / "params", args=ocp.args.PyTreeRestore(
+                abstract_params, restore_args=restore_args))
+
+    def model_config(self, step: int) -> dict:
+        """The ModelConfig fields the checkpoint at `step` was written with."""
+        return self._manager.restore(step, args=ocp.args.Composite(
+            model=ocp.args.JsonRestore()))["model"]
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any,
                 model_config: dict) -> Any:
@@ -90,6 +133,43 @@ class Checkpointer:
         """Finish pending saves and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+# GB of arrays orbax reads or writes at once in the parameters-only paths (conversion).
+CONCURRENT_GB = 1
+
+
+def _numpy_to_cpu_arrays(tree: dict, device) -> None:
+    """Replace the numpy leaves of a dict tree by jax arrays on `device`, one at a time, so that
+    each numpy array is freed as soon as its copy exists (one copy of the tree at any time)."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _numpy_to_cpu_arrays(value, device)
+        elif isinstance(value, np.ndarray):
+            tree[key] = jax.device_put(value, device)
+            tree[key].block_until_ready()
+
+
+def save_params(directory: str, step: int, params: dict, model_config: dict) -> None:
+    """Write a parameters-only checkpoint DIRECTORY/checkpoints/<step>/{params,model}.
+
+    `params`' numpy leaves are replaced in place by CPU jax arrays, whose writes orbax bounds to
+    CONCURRENT_GB in flight (its numpy path writes everything at once): saving a converted 8B
+    model needs about one copy of it plus that buffer.
+    """
+    _numpy_to_cpu_arrays(params, jax.devices("cpu")[0])
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(directory, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+        item_handlers={"params": ocp.StandardCheckpointHandler(save_concurrent_gb=CONCURRENT_GB),
+                       "model": ocp.JsonCheckpointHandler()})
+    try:
+        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                   model=ocp.args.JsonSave(model_config)),
+                     force=True)
+        manager.wait_until_finished()
+    finally:
+        manager.close()
 
 
 # Fields that change the parameter tree; numerics such as dtype or remat may differ on restore.

@@ -5,6 +5,8 @@
     t5x-like train --gin_file=runs/pretrain.gin --gin.TRAIN_STEPS=100 --gin.MODEL_DIR=/tmp/run
     t5x-like eval --gin.MODEL_DIR=/tmp/run
     t5x-like generate --model_dir=/tmp/run "def fibonacci(n):"
+    t5x-like convert --from hf --to t5x_like ./t5-v1_1-base /tmp/t5base   # see docs/convert.md
+    t5x-like inspect /tmp/run
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import sys
 
 from t5x_like.config import ConfigError
+from t5x_like.convert.tensors import ConversionError
 
 log = logging.getLogger("t5x_like")
 DEFAULT_MODEL_DIR = os.path.join("runs", "default")
@@ -40,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "metadata prefix (true), another's (wrong), or none")
     from t5x_like.data import tokenizer_cli
     tokenizer_cli.add_parser(sub)
+    from t5x_like.convert import cli as convert_cli
+    convert_cli.add_parsers(sub)
     gen = sub.add_parser("generate", help="sample a continuation from a checkpoint")
     gen.add_argument("prompt")
     gen.add_argument("--model_dir", required=True, help="MODEL_DIR of a training run")
@@ -192,11 +197,16 @@ def main(argv: list[str] | None = None) -> int:
             return tokenizer_cli.run(args)
         if args.command == "generate" and "MODEL_DIR" in flags:
             raise ConfigError("generate takes --model_dir, not --gin.MODEL_DIR")
+        from t5x_like.convert import cli as convert_cli
         command = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-                   "prepare": cmd_prepare}[args.command]
+                   "prepare": cmd_prepare, "convert": convert_cli.cmd_convert,
+                   "inspect": convert_cli.cmd_inspect}[args.command]
         return command(args, flags)
     except ConfigError as e:
         print(f"t5x-like: configuration error: {e}", file=sys.stderr)
+        return 2
+    except ConversionError as e:
+        print(f"t5x-like: conversion error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # every process reports its own failure, tagged with its id
         from t5x_like import distributed

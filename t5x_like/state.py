@@ -90,6 +90,18 @@ def init_state(factory: ModelFactory, tx: optax.GradientTransformation, layout: 
         return init(jnp.uint32(seed))
 
 
+def state_from_params(params: Any, tx: optax.GradientTransformation, layout: StateLayout,
+                      partitioner: Partitioner, step: int = 0) -> dict[str, Any]:
+    """A train state at `step` around given sharded parameters (a converted, parameters-only
+    checkpoint): fresh optimizer moments, created in their sharded layout. `params` is donated."""
+    def wrap(params):
+        return {"step": jnp.full((), step, jnp.int32), "params": params,
+                "opt_state": tx.init(params)}
+
+    with partitioner.activation_context():
+        return jax.jit(wrap, out_shardings=layout.shardings, donate_argnums=0)(params)
+
+
 def count_params(params: Any) -> int:
     """Total number of parameter elements."""
     return sum(x.size for x in jax.tree.leaves(params))

@@ -181,10 +181,20 @@ class StepReporter:
 
 def restore_or_init(cfg: RunConfig, factory, tx, layout: state_lib.StateLayout, partitioner,
                     checkpointer, data_iter) -> tuple[Any, int]:
-    """(state, start_step): MODEL_DIR's latest checkpoint if any, else a fresh sharded init."""
+    """(state, start_step): MODEL_DIR's latest checkpoint if any, else a fresh sharded init.
+
+    A parameters-only checkpoint (`t5x-like convert`'s output) starts the run at its step with
+    those parameters, fresh optimizer moments and a fresh data iterator."""
     latest = checkpointer.latest_step()
     if latest is None:
         return state_lib.init_state(factory, tx, layout, partitioner, cfg.train.seed), 0
+    if not checkpointer.holds_train_state(latest):
+        params = checkpointer.restore_params(latest, layout.restore_target["params"],
+                                             cfg.model.to_dict())
+        log.info("starting from the parameters-only checkpoint %s/%d", checkpointer.directory,
+                 latest)
+        return (state_lib.state_from_params(params, tx, layout, partitioner, int(latest)),
+                int(latest))
     state = checkpointer.restore(latest, layout.restore_target, data_iter, cfg.model.to_dict())
     return state, int(latest)
 
@@ -203,10 +213,11 @@ def load_trained(cfg: RunConfig, *, model_factory=None, partitioner: Partitioner
             raise FileNotFoundError(f"no checkpoint under {checkpointer.directory}; train first "
                                     f"(t5x-like train --gin.MODEL_DIR={cfg.train.model_dir})")
         layout = state_lib.state_layout(factory, tx, partitioner)
-        state = checkpointer.restore(step, layout.restore_target, None, cfg.model.to_dict())
+        params = checkpointer.restore_params(step, layout.restore_target["params"],
+                                             cfg.model.to_dict())
     finally:
         checkpointer.close()
-    return state["params"], layout.graphdef, step, partitioner
+    return params, layout.graphdef, step, partitioner
 
 
 def _truncate_metrics(model_dir: str, after_step: int) -> None:

@@ -12,10 +12,11 @@ from jax.sharding import PartitionSpec
 
 from conftest import MICRO_MODEL
 
-from .hf_t5_weights import t5_params_from_hf
 from t5x_like import gin_loader
 from t5x_like.config import (DEFAULT_LOGICAL_AXIS_RULES, ModelConfig, flops_per_token,
                              num_params)
+from t5x_like.convert.hf import params_from_hf
+from t5x_like.convert.tensors import DictSource
 from t5x_like.models.decoder import Decoder
 from t5x_like.models.encoder_decoder import EncoderDecoder
 from t5x_like.models.layers import relative_position_bucket
@@ -73,7 +74,7 @@ def _model(variant: str, scan_layers: bool = False, **overrides) -> EncoderDecod
     weights, without a random init: every test uses these (init ops compile slowly on CPU)."""
     cfg = dataclasses.replace(_config(variant, scan_layers), **overrides)
     spec = model_spec(lambda rngs: EncoderDecoder(cfg, rngs=rngs))
-    params = t5_params_from_hf(_hf(variant).state_dict(), cfg)
+    params = params_from_hf(DictSource(_hf(variant).state_dict()), cfg)
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, spec.abstract_params)
     return nnx.merge(spec.graphdef, jax.tree.map(jnp.asarray, params))
 
