@@ -69,8 +69,8 @@ def test_converted_model_continues_training_and_exports_back(converted, tmp_path
     # On a 2x2x2 data x fsdp x tensor mesh: the replicated conversion restores sharded.
     assert cli.main(["train", f"--gin_file={run / 'config.gin'}", "--gin.TRAIN_STEPS=40",
                      "--gin.OptimizerConfig.warmup_steps=5", "--gin.TrainConfig.eval_every=40",
-                     "--gin.TrainConfig.eval_batches=2", "--gin.MeshConfig.ici_fsdp=2",
-                     "--gin.MeshConfig.ici_tensor=2"]) == 0
+                     "--gin.TrainConfig.eval_batches=2", "--gin.MeshConfig.ici_data=2",
+                     "--gin.MeshConfig.ici_fsdp=2", "--gin.MeshConfig.ici_tensor=2"]) == 0
     rows = read_metrics(str(run))
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     losses = [r["loss"] for r in rows if "loss" in r]
