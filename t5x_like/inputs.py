@@ -43,10 +43,10 @@ def _data_dir(cfg: RunConfig) -> pathlib.Path:
             else stdlib_corpus.default_data_dir())
 
 
-def resolve_tasks(cfg: RunConfig) -> tuple[list[TaskConfig], list[float]]:
-    """The tasks of MIXTURE_OR_TASK_NAME and their mixing rates."""
+def resolve_tasks(cfg: RunConfig, name: str = "") -> tuple[list[TaskConfig], list[float]]:
+    """The tasks of ``name`` (default: MIXTURE_OR_TASK_NAME) and their mixing rates."""
     data = cfg.data
-    name = data.mixture_or_task_name
+    name = name or data.mixture_or_task_name
     by_name = {"stdlib": TaskConfig()} | {t.name: t for t in data.tasks}
     if name in data.mixtures:
         rates = data.mixtures[name]
@@ -57,7 +57,9 @@ def resolve_tasks(cfg: RunConfig) -> tuple[list[TaskConfig], list[float]]:
         digest = hashlib.sha256(f"{name}|{data.eval_files}|{data.text_field}".encode()).hexdigest()
         return [TaskConfig(name=f"source-{digest[:12]}", train_source=name,
                            eval_source=data.eval_files, text_field=data.text_field)], [1.0]
-    raise ValueError(f"MIXTURE_OR_TASK_NAME = {name!r} is neither a task "
+    key = ("MIXTURE_OR_TASK_NAME" if name == data.mixture_or_task_name
+           else "DataConfig.cooldown_mixture_or_task_name")
+    raise ValueError(f"{key} = {name!r} is neither a task "
                      f"({sorted(by_name)}), a mixture ({sorted(data.mixtures)}) nor a source "
                      "path/glob or 'tfds:NAME:SPLIT'")
 
@@ -117,22 +119,52 @@ def task_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer
                               tokenizer.bos_id, tokenizer.eos_id)
 
 
+def _example_options(cfg: RunConfig, tokenizer: Tokenizer):
+    """How the denoising objective's pieces become examples (budgets, architecture, switches)."""
+    from t5x_like.data import denoising
+    lengths = cfg.data.task_feature_lengths
+    return denoising.ExampleOptions(
+        inputs_length=lengths["inputs"], targets_length=lengths["targets"],
+        encoder_decoder=cfg.model.architecture == "encoder_decoder",
+        use_mode_tokens=cfg.objective.use_mode_tokens,
+        sentinel_policy=cfg.objective.sentinel_policy, random_roll=cfg.objective.random_roll,
+        num_sentinels=tokenizer.num_sentinels)
+
+
 def _denoising_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer, path):
     from t5x_like import objectives
     from t5x_like.data import denoising
     if task.score_field and split == "train":
         raise ValueError(f"task {task.name!r}: score-weighted sampling is implemented for "
                          f"causal_lm only, not for objective {cfg.objective.name!r}")
-    lengths = cfg.data.task_feature_lengths
-    opts = denoising.ExampleOptions(
-        inputs_length=lengths["inputs"], targets_length=lengths["targets"],
-        encoder_decoder=cfg.model.architecture == "encoder_decoder",
-        use_mode_tokens=cfg.objective.use_mode_tokens,
-        sentinel_policy=cfg.objective.sentinel_policy, random_roll=cfg.objective.random_roll,
-        num_sentinels=tokenizer.num_sentinels)
     return denoising.open_task(path, objectives.denoisers_from_config(cfg.objective),
-                               objectives.SpecialIds.from_tokenizer(tokenizer), opts,
+                               objectives.SpecialIds.from_tokenizer(tokenizer),
+                               _example_options(cfg, tokenizer),
                                seed=cfg.data.seed if split == "train" else None)
+
+
+def metadata_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer,
+                  wrong_metadata: bool = False):
+    """MeCo's stage-1 rows of one split of a task, for the run's objective and architecture.
+
+    causal_lm: ``[BOS] prefix doc [EOS]`` rows (``meco.open_task``); a denoising objective: its
+    rows with each piece's inputs behind the prefix (``meco.open_denoising_task``).
+    ``wrong_metadata``: every document behind another one's prefix (eval only).
+    """
+    from t5x_like import objectives
+    from t5x_like.data import meco
+    path = prepare_task(cfg, task, split, tokenizer)
+    seed = cfg.data.seed if split == "train" else None
+    if cfg.objective.name == "causal_lm":
+        return meco.open_task(path, metadata_spec(cfg), tokenizer, cfg.data.seq_len, seed=seed,
+                              wrong_metadata=wrong_metadata)
+    if task.score_field and split == "train":
+        raise ValueError(f"task {task.name!r}: score-weighted sampling is implemented for "
+                         f"causal_lm only, not for objective {cfg.objective.name!r}")
+    return meco.open_denoising_task(path, metadata_spec(cfg), tokenizer,
+                                    objectives.denoisers_from_config(cfg.objective),
+                                    _example_options(cfg, tokenizer), seed=seed,
+                                    wrong_metadata=wrong_metadata)
 
 
 def _checked_tokenizer(cfg: RunConfig) -> Tokenizer:
@@ -153,8 +185,10 @@ def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None,
     """This process's share of the fixed eval batches of every task that has an eval split.
 
     ``metadata`` (MeCo models): 'none' evaluates plain documents; 'true' prefixes each with its
-    own metadata, 'wrong' with another document's. The prefix carries no loss, so all three
-    score exactly the same target tokens when the eval covers the whole split.
+    own metadata, 'wrong' with another document's. The prefix carries no loss. For causal_lm
+    all three score exactly the same target tokens when the eval covers the whole split; for a
+    denoising objective the prefix takes room from the inputs budget, so pieces are cut (and
+    then noised) differently: the same documents, not the same targets.
     """
     tokenizer = tokenizer or _checked_tokenizer(cfg)
     tasks, _ = resolve_tasks(cfg)
@@ -171,10 +205,7 @@ def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None,
         if metadata == "none":
             rows = task_rows(cfg, task, "eval", tokenizer)
         else:
-            from t5x_like.data import meco
-            rows = meco.open_task(prepare_task(cfg, task, "eval", tokenizer), metadata_spec(cfg),
-                                  tokenizer, cfg.data.seq_len, seed=None,
-                                  wrong_metadata=metadata == "wrong")
+            rows = metadata_rows(cfg, task, "eval", tokenizer, wrong_metadata=metadata == "wrong")
         batches += pipeline.eval_batches(rows, max_batches=cfg.train.eval_batches,
                                          **_shard_args(cfg))
     return batches
@@ -184,6 +215,9 @@ def prepare_all(cfg: RunConfig, progress: bool = True) -> list[dict]:
     """Prepare and plan every split of every task of the run (`t5x-like prepare`)."""
     tokenizer = _checked_tokenizer(cfg)
     tasks, _ = resolve_tasks(cfg)
+    if cfg.data.cooldown_mixture_or_task_name:
+        cooldown, _ = resolve_tasks(cfg, cfg.data.cooldown_mixture_or_task_name)
+        tasks += [t for t in cooldown if t.name not in {u.name for u in tasks}]
     summaries = []
     for task in tasks:
         for split in SPLITS:
@@ -213,14 +247,12 @@ def metadata_spec(cfg: RunConfig):
 
 def _with_metadata_stage(cfg: RunConfig, tasks, rates, tokenizer: Tokenizer, cooldown_iter):
     """MeCo: metadata-prefixed rows until the cooldown step, then `cooldown_iter`'s plain rows."""
-    from t5x_like.data import meco
     from t5x_like.data.stages import StagedIterator
     from t5x_like.objectives.metadata import cooldown_step
     switch = cooldown_step(cfg.schedule_steps, cfg.objective.cooldown_fraction)
     if switch < 1:
         return cooldown_iter  # fraction 0: the whole run is cooldown
-    rows = [meco.open_task(prepare_task(cfg, t, "train", tokenizer), metadata_spec(cfg),
-                           tokenizer, cfg.data.seq_len, seed=cfg.data.seed) for t in tasks]
+    rows = [metadata_rows(cfg, t, "train", tokenizer) for t in tasks]
     first = pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
                                          **_shard_args(cfg))
     return StagedIterator(first, cooldown_iter, switch)
@@ -247,11 +279,14 @@ def build_inputs(cfg: RunConfig) -> tuple[Tokenizer, Inputs]:
     """Tokenizer and this process's share of the train/eval batches."""
     tokenizer = _checked_tokenizer(cfg)
     tasks, rates = resolve_tasks(cfg)
+    # MeCo's cooldown may read another source (the reference cools down on a disjoint subset).
+    plain_tasks, plain_rates = (resolve_tasks(cfg, cfg.data.cooldown_mixture_or_task_name)
+                                if cfg.data.cooldown_mixture_or_task_name else (tasks, rates))
     if cfg.data.streaming:
-        train_iter = _streaming_iterator(cfg, tasks, tokenizer)
+        train_iter = _streaming_iterator(cfg, plain_tasks, tokenizer)
     else:
-        rows = [task_rows(cfg, t, "train", tokenizer) for t in tasks]
-        train_iter = pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
+        rows = [task_rows(cfg, t, "train", tokenizer) for t in plain_tasks]
+        train_iter = pipeline.make_train_iterator(rows, rates=plain_rates, seed=cfg.data.seed,
                                                   **_shard_args(cfg))
     if cfg.objective.metadata_field:
         train_iter = _with_metadata_stage(cfg, tasks, rates, tokenizer, train_iter)
