@@ -245,17 +245,36 @@ def metadata_spec(cfg: RunConfig):
                         continuation=o.metadata_continuation)
 
 
-def _with_metadata_stage(cfg: RunConfig, tasks, rates, tokenizer: Tokenizer, cooldown_iter):
-    """MeCo: metadata-prefixed rows until the cooldown step, then `cooldown_iter`'s plain rows."""
+def _meco_iterator(cfg: RunConfig, tasks, rates, tokenizer: Tokenizer):
+    """MeCo: metadata-prefixed rows until the cooldown step, then plain rows of the objective.
+
+    The cooldown reads ``DataConfig.cooldown_mixture_or_task_name`` from its first batch on if
+    set; otherwise the same source continues: cooldown step s draws exactly the batch a run
+    without metadata draws at step s (streaming data restarts its stream instead).
+    """
     from t5x_like.data.stages import StagedIterator
     from t5x_like.objectives.metadata import cooldown_step
     switch = cooldown_step(cfg.schedule_steps, cfg.objective.cooldown_fraction)
+    separate = cfg.data.cooldown_mixture_or_task_name
+    plain_tasks, plain_rates = resolve_tasks(cfg, separate) if separate else (tasks, rates)
+    cooldown = _plain_iterator(cfg, plain_tasks, plain_rates, tokenizer,
+                               start_batch=0 if separate else max(switch - 1, 0))
     if switch < 1:
-        return cooldown_iter  # fraction 0: the whole run is cooldown
+        return cooldown  # fraction 0: the whole run is cooldown
     rows = [metadata_rows(cfg, t, "train", tokenizer) for t in tasks]
     first = pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
                                          **_shard_args(cfg))
-    return StagedIterator(first, cooldown_iter, switch)
+    return StagedIterator(first, cooldown, switch,
+                          second_source_offset=len(tasks) if separate else 0)
+
+
+def _plain_iterator(cfg: RunConfig, tasks, rates, tokenizer: Tokenizer, start_batch: int = 0):
+    """The train batches of the objective's plain rows (no metadata), from batch `start_batch`."""
+    if cfg.data.streaming:
+        return _streaming_iterator(cfg, tasks, tokenizer)
+    rows = [task_rows(cfg, t, "train", tokenizer) for t in tasks]
+    return pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
+                                        start_batch=start_batch, **_shard_args(cfg))
 
 
 def _streaming_iterator(cfg: RunConfig, tasks: list[TaskConfig], tokenizer: Tokenizer):
@@ -279,16 +298,12 @@ def build_inputs(cfg: RunConfig) -> tuple[Tokenizer, Inputs]:
     """Tokenizer and this process's share of the train/eval batches."""
     tokenizer = _checked_tokenizer(cfg)
     tasks, rates = resolve_tasks(cfg)
-    # MeCo's cooldown may read another source (the reference cools down on a disjoint subset).
-    plain_tasks, plain_rates = (resolve_tasks(cfg, cfg.data.cooldown_mixture_or_task_name)
-                                if cfg.data.cooldown_mixture_or_task_name else (tasks, rates))
-    if cfg.data.streaming:
-        train_iter = _streaming_iterator(cfg, plain_tasks, tokenizer)
-    else:
-        rows = [task_rows(cfg, t, "train", tokenizer) for t in plain_tasks]
-        train_iter = pipeline.make_train_iterator(rows, rates=plain_rates, seed=cfg.data.seed,
-                                                  **_shard_args(cfg))
+    names = tuple(t.name for t in tasks)
     if cfg.objective.metadata_field:
-        train_iter = _with_metadata_stage(cfg, tasks, rates, tokenizer, train_iter)
-    return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer),
-                             tuple(t.name for t in tasks))
+        train_iter = _meco_iterator(cfg, tasks, rates, tokenizer)
+        if cfg.data.cooldown_mixture_or_task_name:  # its batches' task indices follow stage 1's
+            names += tuple(t.name for t in resolve_tasks(
+                cfg, cfg.data.cooldown_mixture_or_task_name)[0])
+    else:
+        train_iter = _plain_iterator(cfg, tasks, rates, tokenizer)
+    return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer), names)

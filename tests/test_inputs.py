@@ -133,7 +133,7 @@ def test_meco_ul2_switches_to_the_plain_rows_at_the_cooldown_step_and_resumes(st
         states[step] = built.train_iter.get_state()
     plain_cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective,
                                                                        metadata_field=""))
-    plain = _take(inputs.build_inputs(plain_cfg)[1].train_iter, 6)
+    plain = _take(inputs.build_inputs(plain_cfg)[1].train_iter, 10)
     key = "encoder_input_tokens" if architecture == "encoder_decoder" else "decoder_target_tokens"
     prefix = tok.encode("Module: ")[:2]  # the template's first ids, right after the mode token
     for step, batch in enumerate(reference, start=1):
@@ -143,8 +143,9 @@ def test_meco_ul2_switches_to_the_plain_rows_at_the_cooldown_step_and_resumes(st
         heads = [batch[key][r, c + 1:c + 3].tolist() == prefix for r, c in starts]
         if step < 5:  # cooldown_step(10, 0.5) = 5: every piece behind its module path
             assert all(heads)
-        else:  # from the switch on, exactly the plain UL2 rows: zero metadata tokens
-            assert not any(heads) and _same(batch, plain[step - 5])
+        else:  # from the switch on, the same source continues: exactly the batch a run
+            # without metadata draws at this step, so zero metadata tokens
+            assert not any(heads) and _same(batch, plain[step - 1])
     for stop in (3, 4, 5, 7):  # resume before, just before, at and after the switch
         fresh = inputs.build_inputs(cfg)[1].train_iter
         fresh.set_state(states[stop])
@@ -163,10 +164,13 @@ def test_a_separate_cooldown_source_feeds_the_batches_after_the_switch(stdlib_da
         objective=ObjectiveConfig(metadata_field="module", metadata_kind="value",
                                   cooldown_fraction=0.5))
     tok, built = inputs.build_inputs(cfg)
-    texts = [tok.decode(next(built.train_iter)["decoder_target_tokens"][0].tolist())
-             for _ in range(6)]
+    batches = _take(built.train_iter, 6)
+    texts = [tok.decode(b["decoder_target_tokens"][0].tolist()) for b in batches]
     assert all("cooldown" not in t for t in texts[:2])  # cooldown_step(6, 0.5) = 3
     assert all("cooldown" in t and "URL:" not in t for t in texts[2:])
+    # Per-task metrics name the cooldown source as a task of its own.
+    assert built.task_names == ("stdlib", "cool")
+    assert [set(b["_source"].tolist()) for b in batches] == [{0}] * 2 + [{1}] * 4
     with pytest.raises(ValueError, match="DataConfig.cooldown_mixture_or_task_name = 'nope'"):
         inputs.build_inputs(dataclasses.replace(cfg, data=dataclasses.replace(
             cfg.data, cooldown_mixture_or_task_name="nope")))
