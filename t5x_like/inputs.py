@@ -131,12 +131,18 @@ def _example_options(cfg: RunConfig, tokenizer: Tokenizer):
         num_sentinels=tokenizer.num_sentinels)
 
 
+def _refuse_scores(task: TaskConfig, split: str, what: str) -> None:
+    """Score-weighted sampling lives in the causal plan only: refuse it rather than drop it."""
+    if task.score_field and split == "train":
+        raise ValueError(f"task {task.name!r}: score-weighted sampling (score_field = "
+                         f"{task.score_field!r}) is implemented for plain causal_lm only, not "
+                         f"for {what}; clear TaskConfig.score_field")
+
+
 def _denoising_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer, path):
     from t5x_like import objectives
     from t5x_like.data import denoising
-    if task.score_field and split == "train":
-        raise ValueError(f"task {task.name!r}: score-weighted sampling is implemented for "
-                         f"causal_lm only, not for objective {cfg.objective.name!r}")
+    _refuse_scores(task, split, f"objective {cfg.objective.name!r}")
     return denoising.open_task(path, objectives.denoisers_from_config(cfg.objective),
                                objectives.SpecialIds.from_tokenizer(tokenizer),
                                _example_options(cfg, tokenizer),
@@ -153,14 +159,12 @@ def metadata_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Token
     """
     from t5x_like import objectives
     from t5x_like.data import meco
+    _refuse_scores(task, split, "MeCo's metadata stage")
     path = prepare_task(cfg, task, split, tokenizer)
     seed = cfg.data.seed if split == "train" else None
     if cfg.objective.name == "causal_lm":
         return meco.open_task(path, metadata_spec(cfg), tokenizer, cfg.data.seq_len, seed=seed,
                               wrong_metadata=wrong_metadata)
-    if task.score_field and split == "train":
-        raise ValueError(f"task {task.name!r}: score-weighted sampling is implemented for "
-                         f"causal_lm only, not for objective {cfg.objective.name!r}")
     return meco.open_denoising_task(path, metadata_spec(cfg), tokenizer,
                                     objectives.denoisers_from_config(cfg.objective),
                                     _example_options(cfg, tokenizer), seed=seed,
@@ -215,6 +219,7 @@ def prepare_all(cfg: RunConfig, progress: bool = True) -> list[dict]:
     """Prepare and plan every split of every task of the run (`t5x-like prepare`)."""
     tokenizer = _checked_tokenizer(cfg)
     tasks, _ = resolve_tasks(cfg)
+    stage1 = {t.name for t in tasks} if cfg.objective.metadata_field else set()
     if cfg.data.cooldown_mixture_or_task_name:
         cooldown, _ = resolve_tasks(cfg, cfg.data.cooldown_mixture_or_task_name)
         tasks += [t for t in cooldown if t.name not in {u.name for u in tasks}]
@@ -233,6 +238,10 @@ def prepare_all(cfg: RunConfig, progress: bool = True) -> list[dict]:
                 "records_read": manifest["records_read"], "skipped": manifest["skipped"],
                 "rows": rows.num_rows, "fill_pct": round(100 * rows.plan.fill, 4),
                 "truncated_docs": rows.plan.num_truncated_docs})
+            if task.name in stage1:  # MeCo: documents without metadata are counted
+                from t5x_like.data import meco
+                summaries[-1]["metadata"] = meco.stage1_summary(
+                    metadata_rows(cfg, task, split, tokenizer))
     return summaries
 
 

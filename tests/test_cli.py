@@ -133,11 +133,13 @@ def test_meco_denoising_runs_train_resume_eval_and_generate_with_metadata(
         assert {r["step"]: r["loss"] for r in read_metrics(str(grown)) if "loss" in r} == losses
     capsys.readouterr()
     results = {}
-    for condition in ("none", "true", "wrong"):
+    # The eval paths differ by architecture only in the rows; all three once, 'true' for the rest.
+    conditions = ("none", "true", "wrong") if gin_file == "runs/meco_ul2_tiny.gin" else ("true",)
+    for condition in conditions:
         assert cli.main(["eval", f"--gin_file={single / 'config.gin'}",
                          f"--metadata={condition}"]) == 0
         results[condition] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert results[condition]["step"] == 8 and np.isfinite(results[condition]["eval_loss"])
-    assert results["true"] != results["none"]  # the prefixed eval is another set of rows
+    assert len(conditions) == 1 or results["true"] != results["none"]  # other rows, other loss
     assert cli.main(["generate", f"--model_dir={single}", "--mode=S2S", "--metadata=json.decoder",
                      "def ", "--max_new_tokens=4"]) == 0

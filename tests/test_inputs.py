@@ -176,3 +176,23 @@ def test_a_separate_cooldown_source_feeds_the_batches_after_the_switch(stdlib_da
             cfg.data, cooldown_mixture_or_task_name="nope")))
     with pytest.raises(ConfigError, match="metadata_field is empty"):
         dataclasses.replace(cfg, objective=ObjectiveConfig())
+
+
+def test_meco_refuses_score_sampling_rather_than_dropping_it(stdlib_data):
+    from t5x_like.config import ObjectiveConfig
+    cfg = dataclasses.replace(_cfg(stdlib_data), objective=ObjectiveConfig(metadata_field="url"))
+    with pytest.raises(ValueError, match="score_field = 'quality'.*MeCo's metadata stage"):
+        inputs.metadata_rows(cfg, TaskConfig(score_field="quality"), "train",
+                             stdlib_data.tokenizer)
+
+
+def test_prepare_summarizes_meco_metadata_per_split(stdlib_data):
+    from t5x_like.config import ObjectiveConfig
+    cfg = dataclasses.replace(_cfg(stdlib_data), objective=ObjectiveConfig(
+        metadata_field="module", metadata_kind="value"))
+    summaries = inputs.prepare_all(cfg, progress=False)
+    assert [(s["task"], s["split"]) for s in summaries] == [("stdlib", "train"), ("stdlib", "eval")]
+    for s in summaries:  # every stdlib module has its path: no placeholder, no lost prefix
+        meta = s["metadata"]
+        assert meta["documents"] == meta["with_metadata"] == s["documents"]
+        assert meta["without_metadata"] == meta["continuations_without_prefix"] == 0

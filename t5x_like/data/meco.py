@@ -179,3 +179,17 @@ def open_denoising_task(dataset_path, spec: meta.MetadataSpec, tokenizer, denois
     prefixes = DocumentPrefixes(dataset, spec, tokenizer, wrong_metadata)
     return denoising.open_task(dataset_path, denoisers, SpecialIds.from_tokenizer(tokenizer),
                                opts, seed, prefixes=prefixes)
+
+
+def stage1_summary(rows: MecoRows | denoising.DenoisingRows) -> dict[str, int]:
+    """The data summary of MeCo stage-1 rows (causal or denoising): the documents with, and
+    without, metadata (``PrefixTokenizer.stats()``), and the pieces of split documents that are
+    trained without their document's prefix (``continuation='first_only'``)."""
+    plan = rows.plan
+    prefixed_P = (plan.piece_has_prefix_P if isinstance(plan, MecoPlan)
+                  else plan.piece_metadata_len_P > 0)
+    continuation_P = plan.piece_start_P > 0
+    has_prefix_P = rows.prefixes.lengths_D[plan.piece_doc_P] > 0
+    return rows.prefixes.stats() | {
+        "pieces": int(len(prefixed_P)), "continuation_pieces": int(continuation_P.sum()),
+        "continuations_without_prefix": int((continuation_P & has_prefix_P & ~prefixed_P).sum())}

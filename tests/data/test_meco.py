@@ -153,3 +153,20 @@ def test_denoising_plan_with_metadata_is_cut_shorter_than_without(dataset, stdli
     assert not plain.piece_metadata_len_P.any()
     with pytest.raises(ValueError, match="pass prefixes="):
         denoising.DenoisingRows(dataset.path, rows.plan, objectives.UL2_DENOISERS, None, None)
+
+
+@pytest.mark.parametrize("continuation", ["repeat", "first_only"])
+def test_the_data_summary_counts_missing_metadata_and_unprefixed_continuations(
+        dataset, stdlib_data, continuation):
+    tok = stdlib_data.tokenizer
+    spec = MetadataSpec(continuation=continuation)
+    for rows in (meco.open_task(dataset.path, spec, tok, LENGTH, seed=0),
+                 _denoising_rows(dataset, tok, True, continuation)):
+        summary = meco.stage1_summary(rows)
+        # Every fifth document has no URL (the placeholder prefix); each is counted once.
+        assert summary["documents"] == dataset.num_documents == 30
+        assert (summary["with_metadata"], summary["placeholder"], summary["no_prefix"]) == (24, 6, 0)
+        assert summary["pieces"] == len(rows.plan.piece_doc_P)
+        assert summary["continuation_pieces"] > 0
+        assert summary["continuations_without_prefix"] == (
+            summary["continuation_pieces"] if continuation == "first_only" else 0)
