@@ -134,13 +134,14 @@ def test_meco_ul2_switches_to_the_plain_rows_at_the_cooldown_step_and_resumes(st
     plain_cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective,
                                                                        metadata_field=""))
     plain = _take(inputs.build_inputs(plain_cfg)[1].train_iter, 10)
-    key = "encoder_input_tokens" if architecture == "encoder_decoder" else "decoder_target_tokens"
+    # Where the inputs are: the encoder's, or the front of each decoder-only segment.
+    side = "encoder" if architecture == "encoder_decoder" else "decoder"
+    tokens_key = "encoder_input_tokens" if side == "encoder" else "decoder_target_tokens"
     prefix = tok.encode("Module: ")[:2]  # the template's first ids, right after the mode token
     for step, batch in enumerate(reference, start=1):
-        seg = batch[key.replace("input_tokens", "segment_ids").replace("target_tokens", "segment_ids")]
-        starts = [(r, c) for r, c in np.argwhere(batch[key.split("_")[0] + "_positions"] == 0)
-                  if seg[r, c] > 0]
-        heads = [batch[key][r, c + 1:c + 3].tolist() == prefix for r, c in starts]
+        seg = batch[f"{side}_segment_ids"]
+        starts = [(r, c) for r, c in np.argwhere(batch[f"{side}_positions"] == 0) if seg[r, c] > 0]
+        heads = [batch[tokens_key][r, c + 1:c + 3].tolist() == prefix for r, c in starts]
         if step < 5:  # cooldown_step(10, 0.5) = 5: every piece behind its module path
             assert all(heads)
         else:  # from the switch on, the same source continues: exactly the batch a run

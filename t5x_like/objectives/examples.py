@@ -133,9 +133,9 @@ def output_lengths(n: int, denoiser: Denoiser, *, use_mode_token: bool, sentinel
                    metadata_len: int = 0) -> tuple[int, int]:
     """(inputs_len, targets_len) of ``build_example`` on a piece of ``n`` raw tokens, exactly.
 
-    Mode token, ``metadata_len`` metadata ids, sentinels and both EOS are counted. ``seed`` (the one given to
-    ``build_example``) is required for the S-denoiser and for R/X with ``random_roll``; R/X
-    without roll depend on ``n`` only. Raises SentinelBudgetError under 'error' if the piece
+    Mode token, ``metadata_len`` metadata ids, sentinels and both EOS are counted. ``seed``
+    (the one given to ``build_example``) is required for the S-denoiser and for R/X with
+    ``random_roll``; R/X without roll depend on ``n`` only. Raises SentinelBudgetError under 'error' if the piece
     needs more sentinels than there are.
     """
     if n < 1:
@@ -254,8 +254,9 @@ def build_example(tokens, denoiser: Denoiser, *, seed: Seed, tokenizer_ids: Spec
 
     See the module docstring for the layout; I and T equal ``output_lengths`` for the same
     arguments, seed and ``metadata_len = len(metadata)``. ``metadata``: ids put after the mode
-    token, never noised (None or empty: none); the rest of the example does not depend on it. A function of ``seed``. Sentinels come only from
-    ``tokenizer_ids.sentinel_ids`` (SentinelBudgetError rather than anything else).
+    token, never noised (None or empty: none); the rest of the example does not depend on it.
+    A function of ``seed``. Sentinels come only from ``tokenizer_ids.sentinel_ids``
+    (SentinelBudgetError rather than anything else).
     """
     tokens_N = np.asarray(tokens, np.int32)
     if tokens_N.ndim != 1 or tokens_N.size < 1:

@@ -110,7 +110,8 @@ def test_denoising_inputs_are_mode_then_the_documents_prefix_never_noised(
         seg = out["decoder_segment_ids"][r]
         pieces = plan.row_pieces_P[plan.row_ptr_R1[r]:plan.row_ptr_R1[r + 1]]
         for s, p in enumerate(pieces, start=1):
-            tokens, weights = out["decoder_target_tokens"][r][seg == s], out["decoder_loss_weights"][r][seg == s]
+            tokens = out["decoder_target_tokens"][r][seg == s]
+            weights = out["decoder_loss_weights"][r][seg == s]
             if encoder_decoder:
                 x = out["encoder_input_tokens"][r][out["encoder_segment_ids"][r] == s]
                 y = tokens

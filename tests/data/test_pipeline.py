@@ -178,7 +178,8 @@ def test_eval_batches_count_every_row_once(code_path, stdlib_data):
 
 
 def test_a_train_iterator_can_start_at_a_later_batch():
-    rows = pipeline.ArrayRows({"row": np.arange(40, dtype=np.int32)[:, None] * np.ones((1, 4), np.int32)})
+    ids = np.arange(40, dtype=np.int32)[:, None] * np.ones((1, 4), np.int32)
+    rows = pipeline.ArrayRows({"row": ids})
     whole = pipeline.make_train_iterator([rows], global_batch_size=2, seed=3, prefetch=0)
     reference = [next(whole)["row"][:, 0].tolist() for _ in range(30)]  # past an epoch of 20
     later = pipeline.make_train_iterator([rows], global_batch_size=2, seed=3, prefetch=0,

@@ -58,4 +58,5 @@ def test_the_second_stage_can_name_other_tasks():
     make = lambda stage: pipeline.make_train_iterator([_rows(stage)], global_batch_size=2,  # noqa: E731
                                                       seed=stage, prefetch=0)
     it = StagedIterator(make(1), make(2), 3, second_source_offset=1)
-    assert [b["_source"].tolist() for b in (next(it) for _ in range(4))] == [[0, 0]] * 2 + [[1, 1]] * 2
+    sources = [b["_source"].tolist() for b in (next(it) for _ in range(4))]
+    assert sources == [[0, 0]] * 2 + [[1, 1]] * 2  # step 3 is the second stage's first
