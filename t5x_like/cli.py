@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--metadata", default=None,
                      help="MeCo: the metadata value (e.g. a URL or domain) whose prefix is put "
-                          "in front of the prompt, as in stage-1 training")
+                          "in front of the prompt (after any mode token), as in stage-1 "
+                          "training; any objective, either architecture")
     gen.add_argument("--mode", choices=("NLU", "NLG", "S2S"),
                      help="UL2 mode token put in front of the prompt (e.g. S2S to continue it)")
     return parser
@@ -156,25 +157,26 @@ def cmd_generate(args, flags) -> int:
     tokenizer = inputs.load_tokenizer(cfg)
     params, graphdef, step, _ = trainer.load_trained(cfg)
     mode = [tokenizer.mode_token_id(f"[{args.mode}]")] if args.mode else []
+    # MeCo: the prefix sits where training put it, after the mode token (before the text).
+    prefix = _metadata_prefix(cfg, tokenizer, args.metadata)
     sampling = dict(max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     seed=args.seed)
     if cfg.model.architecture == "encoder_decoder":
-        # The encoder sees what the denoisers' inputs looked like: [mode] prompt EOS.
-        new_ids = generate_seq2seq(params, graphdef, mode + tokenizer.encode(args.prompt)
+        # The encoder sees what the denoisers' inputs looked like: [mode] [metadata] prompt EOS.
+        new_ids = generate_seq2seq(params, graphdef, mode + prefix + tokenizer.encode(args.prompt)
                                    + [tokenizer.eos_id], **sampling)
         log.info("sampled %d tokens from step %d", len(new_ids), step)
         print(tokenizer.decode(new_ids))
         return 0
     if cfg.objective.name != "causal_lm":
         # seqio's prefix-LM layout: decoder inputs [0, inputs..., EOS], prefix attended both ways.
-        prompt = [0] + mode + tokenizer.encode(args.prompt) + [tokenizer.eos_id]
+        prompt = [0] + mode + prefix + tokenizer.encode(args.prompt) + [tokenizer.eos_id]
         new_ids = generate(params, graphdef, prompt, prefix_length=len(prompt), **sampling)
         log.info("sampled %d tokens from step %d", len(new_ids), step)
         print(tokenizer.decode(new_ids))
         return 0
     bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
-    prefix = _metadata_prefix(cfg, tokenizer, args.metadata)
     new_ids = generate(params, graphdef, mode + bos + prefix + tokenizer.encode(args.prompt),
                        **sampling)
     log.info("sampled %d tokens from step %d", len(new_ids), step)

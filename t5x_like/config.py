@@ -285,7 +285,9 @@ class ObjectiveConfig(_Validated):
     sentinel_policy: str = "cap"  # cap: merge spans beyond the tokenizer's sentinels | error
     random_roll: bool = False  # roll each noise mask by a random offset (sentinels still pair up)
     # MeCo (metadata conditioning, then cooldown): '' = off; else the record field whose value
-    # prefixes each document ("URL: en.wikipedia.org\n\n") until the cooldown step.
+    # prefixes each document ("URL: en.wikipedia.org\n\n") until the cooldown step. Composes with
+    # every objective: causal_lm rows are [BOS] prefix doc [EOS]; denoising inputs are
+    # [mode] prefix <noised text> [EOS] (never noised, no loss, counted in the inputs budget).
     metadata_field: str = ""
     metadata_kind: str = "domain"  # domain (of a URL) | url (as given) | value (any scalar field)
     metadata_template: str = "URL: {value}\n\n"
@@ -298,9 +300,6 @@ class ObjectiveConfig(_Validated):
 
     def _validate(self):
         self._require(self.name in OBJECTIVES, "name", f"choose one of {OBJECTIVES}")
-        if self.metadata_field:
-            self._require(self.name == "causal_lm", "metadata_field",
-                          f"MeCo is implemented for causal_lm so far, not {self.name!r}")
         self._require("{value}" in self.metadata_template, "metadata_template",
                       "must contain {value}")
         self._require(self.metadata_kind in ("domain", "url", "value"), "metadata_kind",
@@ -367,6 +366,9 @@ class DataConfig(_Validated):
     # Read and pack the train split on the fly (windows of pack_window pieces), no prepare step.
     streaming: bool = False
     prepare_workers: int = 0  # tokenizer processes for `prepare`; 0 = one per core
+    # MeCo's cooldown source (a task, mixture or source path, like mixture_or_task_name): the
+    # reference cools down on a disjoint subset of its corpus. '' = the same source as stage 1.
+    cooldown_mixture_or_task_name: str = ""
 
     def _validate(self):
         lengths = self.task_feature_lengths
@@ -447,6 +449,12 @@ class RunConfig(_Validated):
         if set(lengths) != want:
             raise ConfigError(f"DataConfig.task_feature_lengths = {lengths!r}: objective {name!r} "
                               f"needs the keys {sorted(want)}")
+        if self.data.cooldown_mixture_or_task_name and not self.objective.metadata_field:
+            raise ConfigError(
+                f"DataConfig.cooldown_mixture_or_task_name = "
+                f"{self.data.cooldown_mixture_or_task_name!r} is MeCo's cooldown source, but "
+                f"ObjectiveConfig.metadata_field is empty (no metadata stage, so no cooldown): "
+                f"set the field or clear the cooldown source")
         warmup, steps = self.optimizer.warmup_steps, self.schedule_steps
         if self.optimizer.schedule != "rsqrt" and warmup >= steps:
             raise ConfigError(f"OptimizerConfig.warmup_steps = {warmup}: must be below the "

@@ -43,10 +43,10 @@ def _data_dir(cfg: RunConfig) -> pathlib.Path:
             else stdlib_corpus.default_data_dir())
 
 
-def resolve_tasks(cfg: RunConfig) -> tuple[list[TaskConfig], list[float]]:
-    """The tasks of MIXTURE_OR_TASK_NAME and their mixing rates."""
+def resolve_tasks(cfg: RunConfig, name: str = "") -> tuple[list[TaskConfig], list[float]]:
+    """The tasks of ``name`` (default: MIXTURE_OR_TASK_NAME) and their mixing rates."""
     data = cfg.data
-    name = data.mixture_or_task_name
+    name = name or data.mixture_or_task_name
     by_name = {"stdlib": TaskConfig()} | {t.name: t for t in data.tasks}
     if name in data.mixtures:
         rates = data.mixtures[name]
@@ -57,7 +57,9 @@ def resolve_tasks(cfg: RunConfig) -> tuple[list[TaskConfig], list[float]]:
         digest = hashlib.sha256(f"{name}|{data.eval_files}|{data.text_field}".encode()).hexdigest()
         return [TaskConfig(name=f"source-{digest[:12]}", train_source=name,
                            eval_source=data.eval_files, text_field=data.text_field)], [1.0]
-    raise ValueError(f"MIXTURE_OR_TASK_NAME = {name!r} is neither a task "
+    key = ("MIXTURE_OR_TASK_NAME" if name == data.mixture_or_task_name
+           else "DataConfig.cooldown_mixture_or_task_name")
+    raise ValueError(f"{key} = {name!r} is neither a task "
                      f"({sorted(by_name)}), a mixture ({sorted(data.mixtures)}) nor a source "
                      "path/glob or 'tfds:NAME:SPLIT'")
 
@@ -117,22 +119,56 @@ def task_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer
                               tokenizer.bos_id, tokenizer.eos_id)
 
 
-def _denoising_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer, path):
-    from t5x_like import objectives
+def _example_options(cfg: RunConfig, tokenizer: Tokenizer):
+    """How the denoising objective's pieces become examples (budgets, architecture, switches)."""
     from t5x_like.data import denoising
-    if task.score_field and split == "train":
-        raise ValueError(f"task {task.name!r}: score-weighted sampling is implemented for "
-                         f"causal_lm only, not for objective {cfg.objective.name!r}")
     lengths = cfg.data.task_feature_lengths
-    opts = denoising.ExampleOptions(
+    return denoising.ExampleOptions(
         inputs_length=lengths["inputs"], targets_length=lengths["targets"],
         encoder_decoder=cfg.model.architecture == "encoder_decoder",
         use_mode_tokens=cfg.objective.use_mode_tokens,
         sentinel_policy=cfg.objective.sentinel_policy, random_roll=cfg.objective.random_roll,
         num_sentinels=tokenizer.num_sentinels)
+
+
+def _refuse_scores(task: TaskConfig, split: str, what: str) -> None:
+    """Score-weighted sampling lives in the causal plan only: refuse it rather than drop it."""
+    if task.score_field and split == "train":
+        raise ValueError(f"task {task.name!r}: score-weighted sampling (score_field = "
+                         f"{task.score_field!r}) is implemented for plain causal_lm only, not "
+                         f"for {what}; clear TaskConfig.score_field")
+
+
+def _denoising_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer, path):
+    from t5x_like import objectives
+    from t5x_like.data import denoising
+    _refuse_scores(task, split, f"objective {cfg.objective.name!r}")
     return denoising.open_task(path, objectives.denoisers_from_config(cfg.objective),
-                               objectives.SpecialIds.from_tokenizer(tokenizer), opts,
+                               objectives.SpecialIds.from_tokenizer(tokenizer),
+                               _example_options(cfg, tokenizer),
                                seed=cfg.data.seed if split == "train" else None)
+
+
+def metadata_rows(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokenizer,
+                  wrong_metadata: bool = False):
+    """MeCo's stage-1 rows of one split of a task, for the run's objective and architecture.
+
+    causal_lm: ``[BOS] prefix doc [EOS]`` rows (``meco.open_task``); a denoising objective: its
+    rows with each piece's inputs behind the prefix (``meco.open_denoising_task``).
+    ``wrong_metadata``: every document behind another one's prefix (eval only).
+    """
+    from t5x_like import objectives
+    from t5x_like.data import meco
+    _refuse_scores(task, split, "MeCo's metadata stage")
+    path = prepare_task(cfg, task, split, tokenizer)
+    seed = cfg.data.seed if split == "train" else None
+    if cfg.objective.name == "causal_lm":
+        return meco.open_task(path, metadata_spec(cfg), tokenizer, cfg.data.seq_len, seed=seed,
+                              wrong_metadata=wrong_metadata)
+    return meco.open_denoising_task(path, metadata_spec(cfg), tokenizer,
+                                    objectives.denoisers_from_config(cfg.objective),
+                                    _example_options(cfg, tokenizer), seed=seed,
+                                    wrong_metadata=wrong_metadata)
 
 
 def _checked_tokenizer(cfg: RunConfig) -> Tokenizer:
@@ -153,8 +189,10 @@ def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None,
     """This process's share of the fixed eval batches of every task that has an eval split.
 
     ``metadata`` (MeCo models): 'none' evaluates plain documents; 'true' prefixes each with its
-    own metadata, 'wrong' with another document's. The prefix carries no loss, so all three
-    score exactly the same target tokens when the eval covers the whole split.
+    own metadata, 'wrong' with another document's. The prefix carries no loss. For causal_lm
+    all three score exactly the same target tokens when the eval covers the whole split; for a
+    denoising objective the prefix takes room from the inputs budget, so pieces are cut (and
+    then noised) differently: the same documents, not the same targets.
     """
     tokenizer = tokenizer or _checked_tokenizer(cfg)
     tasks, _ = resolve_tasks(cfg)
@@ -171,10 +209,7 @@ def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None,
         if metadata == "none":
             rows = task_rows(cfg, task, "eval", tokenizer)
         else:
-            from t5x_like.data import meco
-            rows = meco.open_task(prepare_task(cfg, task, "eval", tokenizer), metadata_spec(cfg),
-                                  tokenizer, cfg.data.seq_len, seed=None,
-                                  wrong_metadata=metadata == "wrong")
+            rows = metadata_rows(cfg, task, "eval", tokenizer, wrong_metadata=metadata == "wrong")
         batches += pipeline.eval_batches(rows, max_batches=cfg.train.eval_batches,
                                          **_shard_args(cfg))
     return batches
@@ -184,6 +219,10 @@ def prepare_all(cfg: RunConfig, progress: bool = True) -> list[dict]:
     """Prepare and plan every split of every task of the run (`t5x-like prepare`)."""
     tokenizer = _checked_tokenizer(cfg)
     tasks, _ = resolve_tasks(cfg)
+    stage1 = {t.name for t in tasks} if cfg.objective.metadata_field else set()
+    if cfg.data.cooldown_mixture_or_task_name:
+        cooldown, _ = resolve_tasks(cfg, cfg.data.cooldown_mixture_or_task_name)
+        tasks += [t for t in cooldown if t.name not in {u.name for u in tasks}]
     summaries = []
     for task in tasks:
         for split in SPLITS:
@@ -199,6 +238,10 @@ def prepare_all(cfg: RunConfig, progress: bool = True) -> list[dict]:
                 "records_read": manifest["records_read"], "skipped": manifest["skipped"],
                 "rows": rows.num_rows, "fill_pct": round(100 * rows.plan.fill, 4),
                 "truncated_docs": rows.plan.num_truncated_docs})
+            if task.name in stage1:  # MeCo: documents without metadata are counted
+                from t5x_like.data import meco
+                summaries[-1]["metadata"] = meco.stage1_summary(
+                    metadata_rows(cfg, task, split, tokenizer))
     return summaries
 
 
@@ -211,19 +254,36 @@ def metadata_spec(cfg: RunConfig):
                         continuation=o.metadata_continuation)
 
 
-def _with_metadata_stage(cfg: RunConfig, tasks, rates, tokenizer: Tokenizer, cooldown_iter):
-    """MeCo: metadata-prefixed rows until the cooldown step, then `cooldown_iter`'s plain rows."""
-    from t5x_like.data import meco
+def _meco_iterator(cfg: RunConfig, tasks, rates, tokenizer: Tokenizer):
+    """MeCo: metadata-prefixed rows until the cooldown step, then plain rows of the objective.
+
+    The cooldown reads ``DataConfig.cooldown_mixture_or_task_name`` from its first batch on if
+    set; otherwise the same source continues: cooldown step s draws exactly the batch a run
+    without metadata draws at step s (streaming data restarts its stream instead).
+    """
     from t5x_like.data.stages import StagedIterator
     from t5x_like.objectives.metadata import cooldown_step
     switch = cooldown_step(cfg.schedule_steps, cfg.objective.cooldown_fraction)
+    separate = cfg.data.cooldown_mixture_or_task_name
+    plain_tasks, plain_rates = resolve_tasks(cfg, separate) if separate else (tasks, rates)
+    cooldown = _plain_iterator(cfg, plain_tasks, plain_rates, tokenizer,
+                               start_batch=0 if separate else max(switch - 1, 0))
     if switch < 1:
-        return cooldown_iter  # fraction 0: the whole run is cooldown
-    rows = [meco.open_task(prepare_task(cfg, t, "train", tokenizer), metadata_spec(cfg),
-                           tokenizer, cfg.data.seq_len, seed=cfg.data.seed) for t in tasks]
+        return cooldown  # fraction 0: the whole run is cooldown
+    rows = [metadata_rows(cfg, t, "train", tokenizer) for t in tasks]
     first = pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
                                          **_shard_args(cfg))
-    return StagedIterator(first, cooldown_iter, switch)
+    return StagedIterator(first, cooldown, switch,
+                          second_source_offset=len(tasks) if separate else 0)
+
+
+def _plain_iterator(cfg: RunConfig, tasks, rates, tokenizer: Tokenizer, start_batch: int = 0):
+    """The train batches of the objective's plain rows (no metadata), from batch `start_batch`."""
+    if cfg.data.streaming:
+        return _streaming_iterator(cfg, tasks, tokenizer)
+    rows = [task_rows(cfg, t, "train", tokenizer) for t in tasks]
+    return pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
+                                        start_batch=start_batch, **_shard_args(cfg))
 
 
 def _streaming_iterator(cfg: RunConfig, tasks: list[TaskConfig], tokenizer: Tokenizer):
@@ -247,13 +307,12 @@ def build_inputs(cfg: RunConfig) -> tuple[Tokenizer, Inputs]:
     """Tokenizer and this process's share of the train/eval batches."""
     tokenizer = _checked_tokenizer(cfg)
     tasks, rates = resolve_tasks(cfg)
-    if cfg.data.streaming:
-        train_iter = _streaming_iterator(cfg, tasks, tokenizer)
-    else:
-        rows = [task_rows(cfg, t, "train", tokenizer) for t in tasks]
-        train_iter = pipeline.make_train_iterator(rows, rates=rates, seed=cfg.data.seed,
-                                                  **_shard_args(cfg))
+    names = tuple(t.name for t in tasks)
     if cfg.objective.metadata_field:
-        train_iter = _with_metadata_stage(cfg, tasks, rates, tokenizer, train_iter)
-    return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer),
-                             tuple(t.name for t in tasks))
+        train_iter = _meco_iterator(cfg, tasks, rates, tokenizer)
+        if cfg.data.cooldown_mixture_or_task_name:  # its batches' task indices follow stage 1's
+            names += tuple(t.name for t in resolve_tasks(
+                cfg, cfg.data.cooldown_mixture_or_task_name)[0])
+    else:
+        train_iter = _plain_iterator(cfg, tasks, rates, tokenizer)
+    return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer), names)

@@ -99,3 +99,101 @@ def test_meco_prefixes_every_document_until_the_cooldown_step_and_none_after(std
             assert all(with_prefix) and ((seg > 0) & (w == 0)).any()
         else:  # no metadata token, and every in-segment token carries loss
             assert not any(with_prefix) and not ((seg > 0) & (w == 0)).any()
+
+
+def _meco_ul2_cfg(stdlib_data, architecture, **objective):
+    from t5x_like.config import ModelConfig, ObjectiveConfig, OptimizerConfig
+    return RunConfig(
+        data=DataConfig(data_dir=str(stdlib_data.data_dir),
+                        task_feature_lengths={"inputs": 48, "targets": 32}),
+        train=TrainConfig(batch_size=4, eval_batches=2, train_steps=10),
+        model=ModelConfig(architecture=architecture), optimizer=OptimizerConfig(warmup_steps=2),
+        objective=ObjectiveConfig(**{"name": "ul2", "metadata_field": "module",
+                                     "metadata_kind": "value", "cooldown_fraction": 0.5,
+                                     "metadata_template": "Module: {value}\n\n"} | objective))
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("architecture", ["encoder_decoder", "decoder"])
+def test_meco_ul2_switches_to_the_plain_rows_at_the_cooldown_step_and_resumes(stdlib_data,
+                                                                              architecture):
+    cfg = _meco_ul2_cfg(stdlib_data, architecture)
+    tok, built = inputs.build_inputs(cfg)
+    states = {0: built.train_iter.get_state()}
+    reference = []
+    for step in range(1, 11):
+        reference.append(next(built.train_iter))
+        states[step] = built.train_iter.get_state()
+    plain_cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective,
+                                                                       metadata_field=""))
+    plain = _take(inputs.build_inputs(plain_cfg)[1].train_iter, 10)
+    # Where the inputs are: the encoder's, or the front of each decoder-only segment.
+    side = "encoder" if architecture == "encoder_decoder" else "decoder"
+    tokens_key = "encoder_input_tokens" if side == "encoder" else "decoder_target_tokens"
+    prefix = tok.encode("Module: ")[:2]  # the template's first ids, right after the mode token
+    for step, batch in enumerate(reference, start=1):
+        seg = batch[f"{side}_segment_ids"]
+        starts = [(r, c) for r, c in np.argwhere(batch[f"{side}_positions"] == 0) if seg[r, c] > 0]
+        heads = [batch[tokens_key][r, c + 1:c + 3].tolist() == prefix for r, c in starts]
+        if step < 5:  # cooldown_step(10, 0.5) = 5: every piece behind its module path
+            assert all(heads)
+        else:  # from the switch on, the same source continues: exactly the batch a run
+            # without metadata draws at this step, so zero metadata tokens
+            assert not any(heads) and _same(batch, plain[step - 1])
+    for stop in (3, 4, 5, 7):  # resume before, just before, at and after the switch
+        fresh = inputs.build_inputs(cfg)[1].train_iter
+        fresh.set_state(states[stop])
+        assert all(_same(a, b) for a, b in zip(_take(fresh, 10 - stop), reference[stop:]))
+
+
+def test_a_separate_cooldown_source_feeds_the_batches_after_the_switch(stdlib_data, tmp_path):
+    from t5x_like.config import ObjectiveConfig
+    path = _write(tmp_path / "cool.jsonl", [{"text": "zzz cooldown zzz " * (1 + i % 5)}
+                                            for i in range(30)])
+    base = _cfg(stdlib_data, tasks=(TaskConfig(name="cool", train_source=path),))
+    cfg = dataclasses.replace(
+        base, data=dataclasses.replace(base.data, cooldown_mixture_or_task_name="cool"),
+        train=dataclasses.replace(base.train, train_steps=6),
+        optimizer=dataclasses.replace(base.optimizer, warmup_steps=1),
+        objective=ObjectiveConfig(metadata_field="module", metadata_kind="value",
+                                  cooldown_fraction=0.5))
+    tok, built = inputs.build_inputs(cfg)
+    batches = _take(built.train_iter, 6)
+    texts = [tok.decode(b["decoder_target_tokens"][0].tolist()) for b in batches]
+    assert all("cooldown" not in t for t in texts[:2])  # cooldown_step(6, 0.5) = 3
+    assert all("cooldown" in t and "URL:" not in t for t in texts[2:])
+    # Per-task metrics name the cooldown source as a task of its own.
+    assert built.task_names == ("stdlib", "cool")
+    assert [set(b["_source"].tolist()) for b in batches] == [{0}] * 2 + [{1}] * 4
+    with pytest.raises(ValueError, match="DataConfig.cooldown_mixture_or_task_name = 'nope'"):
+        inputs.build_inputs(dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, cooldown_mixture_or_task_name="nope")))
+    with pytest.raises(ConfigError, match="metadata_field is empty"):
+        dataclasses.replace(cfg, objective=ObjectiveConfig())
+
+
+def test_meco_refuses_score_sampling_rather_than_dropping_it(stdlib_data):
+    from t5x_like.config import ObjectiveConfig
+    cfg = dataclasses.replace(_cfg(stdlib_data), objective=ObjectiveConfig(metadata_field="url"))
+    with pytest.raises(ValueError, match="score_field = 'quality'.*MeCo's metadata stage"):
+        inputs.metadata_rows(cfg, TaskConfig(score_field="quality"), "train",
+                             stdlib_data.tokenizer)
+
+
+def test_prepare_summarizes_meco_metadata_per_split(stdlib_data):
+    from t5x_like.config import ObjectiveConfig
+    cfg = dataclasses.replace(_cfg(stdlib_data), objective=ObjectiveConfig(
+        metadata_field="module", metadata_kind="value"))
+    summaries = inputs.prepare_all(cfg, progress=False)
+    assert [(s["task"], s["split"]) for s in summaries] == [("stdlib", "train"), ("stdlib", "eval")]
+    for s in summaries:  # every stdlib module has its path: no placeholder, no lost prefix
+        meta = s["metadata"]
+        assert meta["documents"] == meta["with_metadata"] == s["documents"]
+        assert meta["without_metadata"] == meta["continuations_without_prefix"] == 0

@@ -12,11 +12,19 @@ Features (0 = padding everywhere):
   decoder inputs are the targets shifted right within each segment (0 at a segment start).
 - decoder-only (prefix LM): the decoder features over ``[B, Li + Lt]`` plus
   ``decoder_causal_attention`` (1 on the prefix and the first target position).
+
+Metadata (MeCo's stage 1, :func:`t5x_like.data.meco.open_denoising_task`): given per-document
+``prefixes``, a piece that carries its document's metadata prefix (every piece under
+``continuation='repeat'``, the first one under 'first_only') is cut shorter by the prefix's
+length, which its planned inputs length includes, and the prefix is put after the mode token at
+assembly (``objectives.build_example(metadata=...)``): never noised, never a target. Each piece
+keeps its own document's prefix wherever packing puts it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from typing import Sequence
@@ -64,6 +72,7 @@ class DenoisingPlan(NpzDataclass):
     piece_start_P: np.ndarray
     piece_len_P: np.ndarray
     piece_denoiser_P: np.ndarray
+    piece_metadata_len_P: np.ndarray  # metadata prefix ids in front of the piece's inputs (0: none)
     inputs_len_P: np.ndarray
     targets_len_P: np.ndarray
     row_ptr_R1: np.ndarray
@@ -75,40 +84,60 @@ class DenoisingPlan(NpzDataclass):
         return len(self.row_ptr_R1) - 1
 
 
-def cut_pieces(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions, seed: int):
+def cut_pieces(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions, seed: int,
+               metadata_len_D: np.ndarray | None = None, continuation: str = "repeat"):
     """Cut each document into pieces sized for the denoiser drawn for each piece.
 
-    Returns (doc, start, raw length, denoiser index) per piece. Each document draws its
-    denoisers from its own seeded stream, so the cut does not depend on the other documents.
+    Returns (doc, start, raw length, denoiser index, metadata length) per piece. Each document
+    draws its denoisers from its own seeded stream, so the cut does not depend on the other
+    documents. ``metadata_len_D``: the length of each document's metadata prefix (None: no
+    metadata), carried by every piece ('repeat') or by the first only ('first_only'); a
+    prefixed piece's raw budget shrinks by it.
     """
-    # A decoder-only row holds inputs and targets together: only their sum is budgeted.
-    raw_max = [objectives.raw_length_for(opts.inputs_length, opts.targets_length, d,
-                                         combined=not opts.encoder_decoder,
-                                         **opts.lengths_kwargs()) for d in denoisers]
     if not denoisers:
         raise ValueError("no denoisers: the causal_lm objective packs with pipeline.open_task")
+    if continuation not in ("repeat", "first_only"):
+        raise ValueError(f"continuation = {continuation!r}: must be 'repeat' or 'first_only'")
+
+    @functools.cache
+    def raw_max(k: int, metadata_len: int) -> int:
+        # A decoder-only row holds inputs and targets together: only their sum is budgeted.
+        return objectives.raw_length_for(opts.inputs_length, opts.targets_length, denoisers[k],
+                                         combined=not opts.encoder_decoder,
+                                         metadata_len=metadata_len, **opts.lengths_kwargs())
+
+    for k in range(len(denoisers)):
+        raw_max(k, 0)  # the plain budgets are checked even for a corpus of prefixed pieces
     weights = np.array([d.weight for d in denoisers], np.float64)
     probs = weights / weights.sum()
-    docs, starts, lens, dens = [], [], [], []
+    docs, starts, lens, dens, metas = [], [], [], [], []
     for doc, n in enumerate(lengths_D.tolist()):
         rng = np.random.default_rng([seed, doc])
+        doc_meta = 0 if metadata_len_D is None else int(metadata_len_D[doc])
         start = 0
         while start < n:
             k = int(rng.choice(len(probs), p=probs))
-            size = min(n - start, raw_max[k])
+            m = doc_meta if (start == 0 or continuation == "repeat") else 0
+            size = min(n - start, raw_max(k, m))
             docs.append(doc), starts.append(start), lens.append(size), dens.append(k)
+            metas.append(m)
             start += size
     return (np.array(docs, np.int64), np.array(starts, np.int64), np.array(lens, np.int64),
-            np.array(dens, np.int16))
+            np.array(dens, np.int16), np.array(metas, np.int64))
 
 
 def plan_denoising(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOptions,
-                   seed: int | None) -> DenoisingPlan:
-    """Choose denoisers, cut pieces, compute their output lengths and pack them."""
-    doc_P, start_P, len_P, den_P = cut_pieces(lengths_D, denoisers, opts, seed or 0)
+                   seed: int | None, metadata_len_D: np.ndarray | None = None,
+                   continuation: str = "repeat") -> DenoisingPlan:
+    """Choose denoisers, cut pieces, compute their output lengths and pack them.
+
+    ``metadata_len_D`` / ``continuation``: MeCo's prefixes, as in :func:`cut_pieces`.
+    """
+    doc_P, start_P, len_P, den_P, meta_P = cut_pieces(lengths_D, denoisers, opts, seed or 0,
+                                                      metadata_len_D, continuation)
     out = [objectives.output_lengths(int(n), denoisers[k], seed=piece_seed(seed or 0, p),
-                                     **opts.lengths_kwargs())
-           for p, (n, k) in enumerate(zip(len_P, den_P))]
+                                     metadata_len=int(m), **opts.lengths_kwargs())
+           for p, (n, k, m) in enumerate(zip(len_P, den_P, meta_P))]
     in_P = np.array([o[0] for o in out], np.int64).reshape(-1)
     tgt_P = np.array([o[1] for o in out], np.int64).reshape(-1)
     if opts.encoder_decoder:
@@ -118,7 +147,7 @@ def plan_denoising(lengths_D: np.ndarray, denoisers: Sequence, opts: ExampleOpti
         row_P, offset_P, num_rows = packing.best_fit_decreasing(
             in_P + tgt_P, opts.inputs_length + opts.targets_length)
         row_ptr, row_pieces = packing.rows_from_assignment(row_P, offset_P, num_rows, seed)
-    return DenoisingPlan(doc_P, start_P, len_P, den_P, in_P, tgt_P, np.asarray(row_ptr),
+    return DenoisingPlan(doc_P, start_P, len_P, den_P, meta_P, in_P, tgt_P, np.asarray(row_ptr),
                          np.asarray(row_pieces))
 
 
@@ -130,11 +159,19 @@ class DenoisingRows:
     """Assembles the rows of a :class:`DenoisingPlan` (picklable, for grain workers)."""
 
     def __init__(self, docs, plan: DenoisingPlan, denoisers: Sequence, ids, opts: ExampleOptions,
-                 seed: int = 0):
-        """``docs``: a prepared dataset's path (opened lazily) or an in-memory store."""
+                 seed: int = 0, prefixes=None):
+        """``docs``: a prepared dataset's path (opened lazily) or an in-memory store.
+
+        ``prefixes``: for a plan with metadata, ``prefixes(doc)`` gives document ``doc``'s
+        prefix ids (``t5x_like.data.meco.DocumentPrefixes``); picklable.
+        """
         self._path = str(docs) if isinstance(docs, (str, os.PathLike)) else None
         self._docs = None if self._path else docs
         self.plan, self.denoisers, self.ids, self.opts, self.seed = plan, list(denoisers), ids, opts, seed
+        self.prefixes = prefixes
+        if prefixes is None and plan.piece_metadata_len_P.any():
+            raise ValueError("this denoising plan puts metadata prefixes in front of its pieces: "
+                             "pass prefixes= (t5x_like.data.meco.open_denoising_task does)")
 
     def __getstate__(self):
         return self.__dict__ | ({"_docs": None} if self._path else {})
@@ -159,8 +196,22 @@ class DenoisingRows:
                 np.asarray(tokens, np.int32), self.denoisers[plan.piece_denoiser_P[p]],
                 seed=piece_seed(self.seed, int(p)),
                 tokenizer_ids=self.ids, use_mode_token=self.opts.use_mode_tokens,
-                sentinel_policy=self.opts.sentinel_policy, random_roll=self.opts.random_roll)
+                sentinel_policy=self.opts.sentinel_policy, random_roll=self.opts.random_roll,
+                metadata=self._metadata(int(p)))
             yield r, inputs, targets
+
+    def _metadata(self, p: int) -> np.ndarray | None:
+        """The metadata ids of piece ``p`` (None: none), checked against the plan's length."""
+        planned = int(self.plan.piece_metadata_len_P[p])
+        if not planned:
+            return None
+        doc = int(self.plan.piece_doc_P[p])
+        ids = self.prefixes(doc)
+        if len(ids) != planned:
+            raise ValueError(f"document {doc}'s metadata prefix has {len(ids)} tokens but the "
+                             f"plan reserved {planned}: the tokenizer or the metadata changed "
+                             f"since the plan was built; delete the plans/ directory")
+        return ids
 
     def __call__(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
         """Features of rows ``rows_B``."""
@@ -194,20 +245,28 @@ class DenoisingRows:
         return out
 
 
-_PLAN_VERSION = 1
+_PLAN_VERSION = 2  # 2: pieces record their metadata prefix length
 
 
 def open_task(dataset_path, denoisers: Sequence, ids, opts: ExampleOptions,
-              seed: int | None) -> DenoisingRows:
+              seed: int | None, prefixes=None) -> DenoisingRows:
     """The denoising rows of a prepared dataset; the plan is built once and kept in ``plans/``.
 
     ``seed`` None (eval) keeps rows unshuffled; masks are then drawn from seed 0.
+    ``prefixes``: MeCo's per-document metadata prefixes (a ``meco.DocumentPrefixes``, whose
+    ``identity`` names it in the plan's key, ``lengths_D`` sizes the pieces and
+    ``continuation`` says which pieces carry it); None: plain rows.
     """
     dataset = PreparedDataset(dataset_path)
     identity = repr((_PLAN_VERSION, dataclasses.astuple(opts),
-                     [dataclasses.astuple(d) for d in denoisers], seed))
+                     [dataclasses.astuple(d) for d in denoisers], seed,
+                     None if prefixes is None else prefixes.identity))
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    path = dataset.path / "plans" / f"denoise_v{_PLAN_VERSION}_{key}.npz"
-    plan, _ = load_or_build(path, DenoisingPlan,
-                            lambda: plan_denoising(dataset.lengths_D, denoisers, opts, seed))
-    return DenoisingRows(dataset_path, plan, denoisers, ids, opts, seed=seed or 0)
+    kind = "denoise" if prefixes is None else "denoise_meco"
+    path = dataset.path / "plans" / f"{kind}_v{_PLAN_VERSION}_{key}.npz"
+    plan, _ = load_or_build(path, DenoisingPlan, lambda: plan_denoising(
+        dataset.lengths_D, denoisers, opts, seed,
+        None if prefixes is None else prefixes.lengths_D,
+        "repeat" if prefixes is None else prefixes.continuation))
+    return DenoisingRows(dataset_path, plan, denoisers, ids, opts, seed=seed or 0,
+                         prefixes=prefixes)

@@ -8,6 +8,13 @@ no document token is trained without its conditioning. The pieces are packed bes
 like the causal rows (so packing keeps each document's prefix with it), and the plan is stored
 next to the prepared data. The cooldown (stage 2) uses the plain causal rows of
 :mod:`t5x_like.data.pipeline`; :class:`t5x_like.data.stages.StagedIterator` switches between them.
+
+With a denoising objective (prefix LM, span corruption, UL2; both architectures),
+:func:`open_denoising_task` gives the stage-1 rows of :mod:`t5x_like.data.denoising` with each
+piece's inputs behind its document's prefix: ``[mode] prefix <noised text> [EOS]`` (the mode
+token stays first; see ``t5x_like.objectives.examples``). The prefix is counted in the inputs
+budget (decoder-only: the row), never noised and never a target. The cooldown uses the plain
+denoising rows of the same objective.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import hashlib
 
 import numpy as np
 
-from t5x_like.data import packing
+from t5x_like.data import denoising, packing
 from t5x_like.data.pipeline import FEATURES
 from t5x_like.data.plan_files import NpzDataclass, load_or_build
 from t5x_like.data.prepared import PreparedDataset
 from t5x_like.objectives import metadata as meta
+from t5x_like.objectives.examples import SpecialIds
 
 _PLAN_VERSION = 1
 
@@ -58,15 +66,50 @@ def plan_meco(lengths_D: np.ndarray, prefix_len_D: np.ndarray, length: int, *,
                     np.array(lens, np.int64), np.array(prefixed, bool), row_ptr, row_pieces)
 
 
+class DocumentPrefixes:
+    """The metadata prefix ids of every document of a prepared dataset (picklable).
+
+    ``prefixes(d)`` gives document d's read-only int32 ids (empty under ``missing='skip'`` for a
+    document without metadata); ``lengths_D`` their lengths; ``stats()`` the data summary's
+    counts (each document counted once); ``identity`` names the rule in a plan's key.
+    ``wrong_metadata`` gives every document the metadata of the next one (a rotation, so none
+    keeps its own), for measuring how much the true metadata helps.
+    """
+
+    def __init__(self, dataset: PreparedDataset, spec: meta.MetadataSpec, tokenizer,
+                 wrong_metadata: bool = False):
+        """Prefixes of ``dataset``'s stored metadata under ``spec``, tokenized by ``tokenizer``."""
+        doc_metadata = dataset.all_metadata()
+        if wrong_metadata:
+            doc_metadata = doc_metadata[1:] + doc_metadata[:1]
+        self.spec, self.doc_metadata = spec, doc_metadata
+        self.tokenizer = meta.PrefixTokenizer(tokenizer, spec)
+        self.lengths_D = np.array([len(self.tokenizer.ids(m)) for m in doc_metadata], np.int64)
+        self.identity = repr((dataclasses.astuple(spec), tokenizer.file_hash(), wrong_metadata))
+
+    @property
+    def continuation(self) -> str:
+        """Which pieces of a split document carry the prefix: 'repeat' or 'first_only'."""
+        return self.spec.continuation
+
+    def __call__(self, doc: int) -> np.ndarray:
+        """Document ``doc``'s prefix ids."""
+        return self.tokenizer.ids(self.doc_metadata[doc], count=False)
+
+    def stats(self) -> dict[str, int]:
+        """``PrefixTokenizer.stats()``: documents with / without metadata, prefix tokens."""
+        return self.tokenizer.stats()
+
+
 class MecoRows:
     """Assembles MeCo stage-1 rows of a prepared dataset (picklable, for grain workers)."""
 
-    def __init__(self, dataset_path, plan: MecoPlan, prefixes: meta.PrefixTokenizer,
-                 doc_metadata: list[dict], length: int, bos_id: int, eos_id: int):
-        """``doc_metadata[d]`` is document d's stored metadata; ``prefixes`` tokenizes it."""
+    def __init__(self, dataset_path, plan: MecoPlan, prefixes: DocumentPrefixes, length: int,
+                 bos_id: int, eos_id: int):
+        """``prefixes(d)`` is document d's prefix ids."""
         self._path = str(dataset_path)
         self._docs: PreparedDataset | None = None
-        self.plan, self.prefixes, self.doc_metadata = plan, prefixes, doc_metadata
+        self.plan, self.prefixes = plan, prefixes
         self.length, self.bos_id, self.eos_id = length, bos_id, eos_id
 
     def __getstate__(self):
@@ -85,8 +128,7 @@ class MecoRows:
         # One token of context before a plain continuation, one after to tell the end (EOS).
         lo, hi = max(0, start - 1), min(size, start + n + 1)
         (ids,) = self._docs.pieces(np.array([d]), np.array([lo]), np.array([hi - lo]))
-        prefix = self.prefixes.ids(self.doc_metadata[d], count=False) if plan.piece_has_prefix_P[p] \
-            else np.zeros(0, np.int32)
+        prefix = self.prefixes(d) if plan.piece_has_prefix_P[p] else np.zeros(0, np.int32)
         piece = (start - lo, n, bool(plan.piece_has_prefix_P[p]))
         return meta.piece_example(ids, prefix, piece, self.bos_id, self.eos_id)
 
@@ -113,23 +155,41 @@ class MecoRows:
 
 def open_task(dataset_path, spec: meta.MetadataSpec, tokenizer, length: int,
               seed: int | None, wrong_metadata: bool = False) -> MecoRows:
-    """MeCo stage-1 rows of a prepared dataset; the plan is built once and kept in ``plans/``.
+    """MeCo stage-1 causal rows of a prepared dataset; the plan is built once, kept in ``plans/``.
 
-    ``wrong_metadata`` gives every document the metadata of the next one (a rotation, so none
-    keeps its own), for measuring how much the true metadata helps.
+    ``wrong_metadata``: every document behind another one's prefix (see ``DocumentPrefixes``).
     """
     dataset = PreparedDataset(dataset_path)
-    doc_metadata = dataset.all_metadata()
-    if wrong_metadata:
-        doc_metadata = doc_metadata[1:] + doc_metadata[:1]
-    prefixes = meta.PrefixTokenizer(tokenizer, spec)
-    prefix_len_D = np.array([len(prefixes.ids(m)) for m in doc_metadata], np.int64)
+    prefixes = DocumentPrefixes(dataset, spec, tokenizer, wrong_metadata)
     bos = tokenizer.bos_id >= 0
-    identity = repr((_PLAN_VERSION, dataclasses.astuple(spec), length, bos, seed,
-                     tokenizer.file_hash(), wrong_metadata))
+    identity = repr((_PLAN_VERSION, prefixes.identity, length, bos, seed))
     path = dataset.path / "plans" / f"meco_v{_PLAN_VERSION}_{hashlib.sha256(identity.encode()).hexdigest()[:16]}.npz"
     plan, _ = load_or_build(path, MecoPlan, lambda: plan_meco(
-        dataset.lengths_D, prefix_len_D, length, continuation=spec.continuation, bos=bos,
+        dataset.lengths_D, prefixes.lengths_D, length, continuation=spec.continuation, bos=bos,
         seed=seed))
-    return MecoRows(dataset_path, plan, prefixes, doc_metadata, length, tokenizer.bos_id,
-                    tokenizer.eos_id)
+    return MecoRows(dataset_path, plan, prefixes, length, tokenizer.bos_id, tokenizer.eos_id)
+
+
+def open_denoising_task(dataset_path, spec: meta.MetadataSpec, tokenizer, denoisers,
+                        opts: denoising.ExampleOptions, seed: int | None,
+                        wrong_metadata: bool = False) -> denoising.DenoisingRows:
+    """MeCo stage-1 rows of a denoising objective: ``denoising.open_task`` with every piece's
+    inputs behind its document's prefix (``continuation``: every piece or the first only)."""
+    dataset = PreparedDataset(dataset_path)
+    prefixes = DocumentPrefixes(dataset, spec, tokenizer, wrong_metadata)
+    return denoising.open_task(dataset_path, denoisers, SpecialIds.from_tokenizer(tokenizer),
+                               opts, seed, prefixes=prefixes)
+
+
+def stage1_summary(rows: MecoRows | denoising.DenoisingRows) -> dict[str, int]:
+    """The data summary of MeCo stage-1 rows (causal or denoising): the documents with, and
+    without, metadata (``PrefixTokenizer.stats()``), and the pieces of split documents that are
+    trained without their document's prefix (``continuation='first_only'``)."""
+    plan = rows.plan
+    prefixed_P = (plan.piece_has_prefix_P if isinstance(plan, MecoPlan)
+                  else plan.piece_metadata_len_P > 0)
+    continuation_P = plan.piece_start_P > 0
+    has_prefix_P = rows.prefixes.lengths_D[plan.piece_doc_P] > 0
+    return rows.prefixes.stats() | {
+        "pieces": int(len(prefixed_P)), "continuation_pieces": int(continuation_P.sum()),
+        "continuations_without_prefix": int((continuation_P & has_prefix_P & ~prefixed_P).sum())}

@@ -232,6 +232,7 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     prefetch: int = 2,
+    start_batch: int = 0,
 ) -> grain.DatasetIterator:
     """Infinite iterator of this process's training batches, mixing ``tasks`` at ``rates``.
 
@@ -239,7 +240,9 @@ def make_train_iterator(
     and reshuffled every epoch; tasks are then interleaved deterministically in proportion to
     ``rates`` (grain's mix: exact proportions, no sampling noise) and batched
     (``global_batch_size // process_count`` rows). ``get_state()``/``set_state()`` resume exactly;
-    the iterator is checkpointable with ``grain.checkpoint.CheckpointSave``.
+    the iterator is checkpointable with ``grain.checkpoint.CheckpointSave``. ``start_batch``:
+    the first batch served is batch ``start_batch`` of the same sequence (random access, nothing
+    is read for the skipped ones); MeCo's cooldown continues the plain stream this way.
     """
     batch_size = _per_process_batch(global_batch_size, process_index, process_count)
     rates = list(rates) if rates is not None else [1.0] * len(tasks)
@@ -253,6 +256,8 @@ def make_train_iterator(
                        .seed(seed + 1000 * t).shuffle().repeat(None).map(_tag(t)))
     mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, rates)
     ds = mixed.batch(batch_size, drop_remainder=True, batch_fn=np.asarray).map(_MixedBatch(tasks))
+    if start_batch:
+        ds = ds[start_batch:]
     read = grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=2 * prefetch)
     return iter(ds.to_iter_dataset(read))
 

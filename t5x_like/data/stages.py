@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
+from t5x_like.data.pipeline import SOURCE_KEY
+
 
 class StagedIterator:
     """Batches from ``first`` for steps 1 .. switch_step - 1, from ``second`` from switch_step on.
@@ -21,11 +23,18 @@ class StagedIterator:
     iterators, or byte-state iterators such as the streaming packer).
     """
 
-    def __init__(self, first: Iterator[dict], second: Iterator[dict], switch_step: int):
-        """Switch to ``second`` from optimizer step ``switch_step`` (>= 1) on."""
+    def __init__(self, first: Iterator[dict], second: Iterator[dict], switch_step: int,
+                 second_source_offset: int = 0):
+        """Switch to ``second`` from optimizer step ``switch_step`` (>= 1) on.
+
+        ``second_source_offset`` is added to the ``_source`` task index of ``second``'s batches
+        when it reads other tasks than ``first`` (MeCo's separate cooldown source), so that
+        per-task metrics name them right.
+        """
         if switch_step < 1:
             raise ValueError(f"switch_step = {switch_step}: must be >= 1 (the first step is 1)")
         self.first, self.second, self.switch_step = first, second, switch_step
+        self.second_source_offset = second_source_offset
         self.served = 0
 
     @property
@@ -38,8 +47,11 @@ class StagedIterator:
 
     def __next__(self) -> dict:
         """The batch of step ``served + 1``."""
-        batch = next(self.second if self.stage else self.first)
+        stage = self.stage
+        batch = next(self.second if stage else self.first)
         self.served += 1
+        if stage and self.second_source_offset and SOURCE_KEY in batch:
+            batch = batch | {SOURCE_KEY: batch[SOURCE_KEY] + self.second_source_offset}
         return batch
 
     def get_state(self) -> bytes:

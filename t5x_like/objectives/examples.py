@@ -8,6 +8,17 @@ Layout of an example built from a raw piece of n tokens (encoder-decoder feature
 The mode token comes first, and only when ``use_mode_token`` is set and the denoiser has one;
 EOS is appended here (the sentinel functions of ``noise`` do not append it).
 
+Metadata (MeCo's stage 1): ``build_example(..., metadata=ids)`` puts a document's metadata
+prefix (e.g. the ids of ``"URL: en.wikipedia.org\n\n"``, tokenized on its own) right after the
+mode token: ``inputs = [mode] metadata <noised piece or S prefix> [EOS]``. It is never noised
+(the mask and the S split are drawn on the raw piece alone, with the same seed, so the piece is
+denoised exactly as without metadata), and it is never a target (encoder-decoder: it is encoder
+input; decoder-only: inputs carry loss weight 0). The mode token stays first because it is the
+task switch, at position 0 in stage 1 and in the cooldown alike; the metadata then conditions
+what follows, as ``[BOS] metadata doc`` does for causal LM. ``output_lengths`` and
+``raw_length_for`` take ``metadata_len`` and count it in the inputs budget (decoder-only: in the
+combined budget), so a prefixed example never exceeds a budget.
+
 Planning. The packer must know both lengths before it draws anything, so they are functions
 of the piece length n and of the piece's seed, which the planner assigns:
 
@@ -118,18 +129,20 @@ def _max_spans(n: int, denoiser: Denoiser, sentinel_policy: str, num_sentinels: 
 
 
 def output_lengths(n: int, denoiser: Denoiser, *, use_mode_token: bool, sentinel_policy: str,
-                   num_sentinels: int, seed: Seed | None = None,
-                   random_roll: bool = False) -> tuple[int, int]:
+                   num_sentinels: int, seed: Seed | None = None, random_roll: bool = False,
+                   metadata_len: int = 0) -> tuple[int, int]:
     """(inputs_len, targets_len) of ``build_example`` on a piece of ``n`` raw tokens, exactly.
 
-    Mode token, sentinels and both EOS are counted. ``seed`` (the one given to
-    ``build_example``) is required for the S-denoiser and for R/X with ``random_roll``; R/X
-    without roll depend on ``n`` only. Raises SentinelBudgetError under 'error' if the piece
+    Mode token, ``metadata_len`` metadata ids, sentinels and both EOS are counted. ``seed``
+    (the one given to ``build_example``) is required for the S-denoiser and for R/X with
+    ``random_roll``; R/X without roll depend on ``n`` only. Raises SentinelBudgetError under 'error' if the piece
     needs more sentinels than there are.
     """
     if n < 1:
         raise ValueError(f"n = {n}: a piece needs at least one token")
-    mode = _num_mode_tokens(denoiser, use_mode_token)
+    if metadata_len < 0:
+        raise ValueError(f"metadata_len = {metadata_len}: must be >= 0")
+    mode = _num_mode_tokens(denoiser, use_mode_token) + metadata_len
     if denoiser.is_prefix_lm:
         if seed is None:
             raise ValueError(f"{denoiser.name}: the split point is drawn from the piece's seed; "
@@ -170,11 +183,14 @@ def max_output_lengths(n: int, denoiser: Denoiser, *, use_mode_token: bool, sent
 
 def raw_length_for(inputs_length: int, targets_length: int, denoiser: Denoiser, *,
                    use_mode_token: bool, sentinel_policy: str, num_sentinels: int,
-                   random_roll: bool = False, combined: bool = False) -> int:
+                   random_roll: bool = False, combined: bool = False,
+                   metadata_len: int = 0) -> int:
     """Largest raw piece length T whose example fits ``inputs_length``/``targets_length``.
 
     ``combined``: only the sum must fit ``inputs_length + targets_length`` — a decoder-only
     prefix LM puts inputs and targets in one row, so splitting the budget would waste it.
+    ``metadata_len``: metadata ids in front of the inputs (``build_example(metadata=...)``),
+    counted in the inputs budget.
 
     Every piece of 1..T tokens fits, for every seed (the bounds of ``max_output_lengths`` grow
     with the length). For R/X without mode token or cap this is the reference
@@ -191,13 +207,17 @@ def raw_length_for(inputs_length: int, targets_length: int, denoiser: Denoiser, 
                                  num_sentinels=num_sentinels if sentinel_policy == "cap" else 1 << 62,
                                  random_roll=random_roll)
         if combined:
-            return got[0] + got[1] <= inputs_length + targets_length
-        return got[0] <= inputs_length and got[1] <= targets_length
+            return got[0] + metadata_len + got[1] <= inputs_length + targets_length
+        return got[0] + metadata_len <= inputs_length and got[1] <= targets_length
 
+    if metadata_len < 0:
+        raise ValueError(f"metadata_len = {metadata_len}: must be >= 0")
     if not fits(1):
+        meta = f", a {metadata_len}-token metadata prefix" if metadata_len else ""
         raise ValueError(f"{denoiser.name}: budgets inputs={inputs_length}, targets="
                          f"{targets_length} do not fit even a one-token piece "
-                         f"(mode token {'on' if use_mode_token else 'off'}, EOS on both sides)")
+                         f"(mode token {'on' if use_mode_token else 'off'}{meta}, EOS on both "
+                         f"sides); shorten the metadata template/value or raise the lengths")
     lo, hi = 1, 2
     while fits(hi):  # exponential search for a failing length, then bisect
         lo, hi = hi, 2 * hi
@@ -228,19 +248,23 @@ def plan_raw_lengths(denoisers, inputs_length: int, targets_length: int, *, use_
 
 
 def build_example(tokens, denoiser: Denoiser, *, seed: Seed, tokenizer_ids: SpecialIds,
-                  use_mode_token: bool, sentinel_policy: str,
-                  random_roll: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  use_mode_token: bool, sentinel_policy: str, random_roll: bool = False,
+                  metadata=None) -> tuple[np.ndarray, np.ndarray]:
     """(inputs int32[I], targets int32[T]) of one raw piece, for an encoder-decoder.
 
     See the module docstring for the layout; I and T equal ``output_lengths`` for the same
-    arguments and seed. A function of ``seed``. Sentinels come only from
-    ``tokenizer_ids.sentinel_ids`` (SentinelBudgetError rather than anything else).
+    arguments, seed and ``metadata_len = len(metadata)``. ``metadata``: ids put after the mode
+    token, never noised (None or empty: none); the rest of the example does not depend on it.
+    A function of ``seed``. Sentinels come only from ``tokenizer_ids.sentinel_ids``
+    (SentinelBudgetError rather than anything else).
     """
     tokens_N = np.asarray(tokens, np.int32)
     if tokens_N.ndim != 1 or tokens_N.size < 1:
         raise ValueError(f"tokens of shape {tokens_N.shape}: need a 1-D piece of at least one token")
     n = tokens_N.size
     head = [tokenizer_ids.mode_id(denoiser)] if _num_mode_tokens(denoiser, use_mode_token) else []
+    head = np.concatenate([np.asarray(head, np.int32),
+                           np.asarray([] if metadata is None else metadata, np.int32).reshape(-1)])
     eos = [tokenizer_ids.eos_id]
     if denoiser.is_prefix_lm:
         n_in = random_prefix_split(n, denoiser.rate, seed)
@@ -253,7 +277,7 @@ def build_example(tokens, denoiser: Denoiser, *, seed: Seed, tokenizer_ids: Spec
         sentinels = np.asarray(tokenizer_ids.sentinel_ids, np.int32)
         inputs = noise_span_to_unique_sentinel(tokens_N, mask_N, sentinels)
         targets = nonnoise_span_to_unique_sentinel(tokens_N, mask_N, sentinels)
-    return (np.concatenate([np.asarray(head, np.int32), inputs, np.asarray(eos, np.int32)]),
+    return (np.concatenate([head, inputs, np.asarray(eos, np.int32)]),
             np.concatenate([targets, np.asarray(eos, np.int32)]))
 
 

@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from t5x_like.data import meco, prepared
+from t5x_like import objectives
+from t5x_like.data import denoising, meco, prepared
 from t5x_like.objectives.metadata import MetadataSpec
+from tests.data.test_denoising import _reconstruct
 
 LENGTH = 96
 
@@ -71,3 +73,101 @@ def test_document_tokens_and_eos_are_trained_exactly_once(rows, dataset, stdlib_
         (ids,) = dataset.pieces(np.array([d]), np.array([0]), dataset.lengths_D[[d]])
         np.testing.assert_array_equal(text, ids)
     assert out["decoder_segment_ids"].max() >= 2 and (weights.sum() / weights.size) > 0.5
+
+
+# ---------------------------------------------------------------- with the denoisers
+
+INPUTS, TARGETS = 48, 32
+
+
+def _denoising_rows(dataset, tok, encoder_decoder, continuation="repeat"):
+    opts = denoising.ExampleOptions(INPUTS, TARGETS, encoder_decoder,
+                                    num_sentinels=tok.num_sentinels)
+    return meco.open_denoising_task(dataset.path, MetadataSpec(continuation=continuation), tok,
+                                    objectives.UL2_DENOISERS, opts, seed=0)
+
+
+def _prefix_of(metadata, tok):
+    url = metadata.get("url")
+    return tok.encode(f"URL: {url.split('/')[2] if url else 'unknown'}\n\n")
+
+
+@pytest.mark.parametrize("continuation", ["repeat", "first_only"])
+@pytest.mark.parametrize("encoder_decoder", [True, False], ids=["enc_dec", "decoder_only"])
+def test_denoising_inputs_are_mode_then_the_documents_prefix_never_noised(
+        dataset, stdlib_data, encoder_decoder, continuation):
+    tok = stdlib_data.tokenizer
+    rows = _denoising_rows(dataset, tok, encoder_decoder, continuation)
+    plan, metadata = rows.plan, dataset.all_metadata()
+    for d in range(dataset.num_documents):  # pieces cover each document once, in order
+        sel = np.nonzero(plan.piece_doc_P == d)[0]
+        np.testing.assert_array_equal(plan.piece_start_P[sel], np.concatenate(
+            [[0], np.cumsum(plan.piece_len_P[sel])[:-1]]))
+        assert plan.piece_len_P[sel].sum() == dataset.lengths_D[d]
+    out = rows(np.arange(rows.num_rows))
+    seen_prefixed = seen_plain = 0
+    for r in range(rows.num_rows):
+        seg = out["decoder_segment_ids"][r]
+        pieces = plan.row_pieces_P[plan.row_ptr_R1[r]:plan.row_ptr_R1[r + 1]]
+        for s, p in enumerate(pieces, start=1):
+            tokens = out["decoder_target_tokens"][r][seg == s]
+            weights = out["decoder_loss_weights"][r][seg == s]
+            if encoder_decoder:
+                x = out["encoder_input_tokens"][r][out["encoder_segment_ids"][r] == s]
+                y = tokens
+                assert weights.all()  # the decoder holds targets only; the prefix is encoder input
+            else:
+                causal = out["decoder_causal_attention"][r][seg == s]
+                n_in = int(causal.sum()) - 1
+                x, y = tokens[:n_in], tokens[n_in:]
+                # The prefix is in the inputs part: attended both ways, loss weight 0 on all of it.
+                np.testing.assert_array_equal(weights, [0] * n_in + [1] * len(y))
+            # The packer's accounting is exact, so no budget is exceeded by the prefix.
+            assert (len(x), len(y)) == (plan.inputs_len_P[p], plan.targets_len_P[p])
+            den = objectives.UL2_DENOISERS[plan.piece_denoiser_P[p]]
+            assert x[0] == tok.mode_token_id(den.mode_token)
+            prefixed = continuation == "repeat" or plan.piece_start_P[p] == 0
+            prefix = _prefix_of(metadata[plan.piece_doc_P[p]], tok) if prefixed else []
+            assert plan.piece_metadata_len_P[p] == len(prefix)
+            # Exactly the tokenized template, untouched by the noise (no sentinel in it).
+            np.testing.assert_array_equal(x[1:1 + len(prefix)], prefix)
+            assert not tok.is_sentinel(np.asarray(x[1:1 + len(prefix)], np.int32)).any()
+            (raw,) = dataset.pieces(plan.piece_doc_P[[p]], plan.piece_start_P[[p]],
+                                    plan.piece_len_P[[p]])
+            body = x[1 + len(prefix):]
+            if den.is_prefix_lm:
+                np.testing.assert_array_equal(np.concatenate([body[:-1], y[:-1]]), raw)
+            else:
+                assert _reconstruct(body, y, tok) == raw.tolist()
+            seen_prefixed += bool(prefix)
+            seen_plain += not prefix
+    assert seen_prefixed and (seen_plain or continuation == "repeat")
+
+
+def test_denoising_plan_with_metadata_is_cut_shorter_than_without(dataset, stdlib_data):
+    tok = stdlib_data.tokenizer
+    plain = denoising.plan_denoising(dataset.lengths_D, objectives.UL2_DENOISERS,
+                                     denoising.ExampleOptions(INPUTS, TARGETS, True,
+                                                              num_sentinels=tok.num_sentinels), 0)
+    rows = _denoising_rows(dataset, tok, True)
+    assert len(rows.plan.piece_doc_P) > len(plain.piece_doc_P)  # prefixes take inputs room
+    assert not plain.piece_metadata_len_P.any()
+    with pytest.raises(ValueError, match="pass prefixes="):
+        denoising.DenoisingRows(dataset.path, rows.plan, objectives.UL2_DENOISERS, None, None)
+
+
+@pytest.mark.parametrize("continuation", ["repeat", "first_only"])
+def test_the_data_summary_counts_missing_metadata_and_unprefixed_continuations(
+        dataset, stdlib_data, continuation):
+    tok = stdlib_data.tokenizer
+    spec = MetadataSpec(continuation=continuation)
+    for rows in (meco.open_task(dataset.path, spec, tok, LENGTH, seed=0),
+                 _denoising_rows(dataset, tok, True, continuation)):
+        summary = meco.stage1_summary(rows)
+        # Every fifth document has no URL (the placeholder prefix); each is counted once.
+        assert summary["documents"] == dataset.num_documents == 30
+        assert (summary["with_metadata"], summary["placeholder"], summary["no_prefix"]) == (24, 6, 0)
+        assert summary["pieces"] == len(rows.plan.piece_doc_P)
+        assert summary["continuation_pieces"] > 0
+        assert summary["continuations_without_prefix"] == (
+            summary["continuation_pieces"] if continuation == "first_only" else 0)

@@ -175,3 +175,13 @@ def test_eval_batches_count_every_row_once(code_path, stdlib_data):
     assert total == rows.plan.num_tokens
     _assert_batches_equal(per_process[0], pipeline.eval_batches(rows, global_batch_size=4,
                                                                 process_count=2))
+
+
+def test_a_train_iterator_can_start_at_a_later_batch():
+    ids = np.arange(40, dtype=np.int32)[:, None] * np.ones((1, 4), np.int32)
+    rows = pipeline.ArrayRows({"row": ids})
+    whole = pipeline.make_train_iterator([rows], global_batch_size=2, seed=3, prefetch=0)
+    reference = [next(whole)["row"][:, 0].tolist() for _ in range(30)]  # past an epoch of 20
+    later = pipeline.make_train_iterator([rows], global_batch_size=2, seed=3, prefetch=0,
+                                         start_batch=17)
+    assert [next(later)["row"][:, 0].tolist() for _ in range(13)] == reference[17:]

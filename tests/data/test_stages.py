@@ -52,3 +52,11 @@ def test_a_state_with_another_switch_step_is_refused():
     _stream(it, 2)
     with pytest.raises(ValueError, match="switches stage at step 7, this run at step 9"):
         _staged(switch=9).set_state(it.get_state())
+
+
+def test_the_second_stage_can_name_other_tasks():
+    make = lambda stage: pipeline.make_train_iterator([_rows(stage)], global_batch_size=2,  # noqa: E731
+                                                      seed=stage, prefetch=0)
+    it = StagedIterator(make(1), make(2), 3, second_source_offset=1)
+    sources = [b["_source"].tolist() for b in (next(it) for _ in range(4))]
+    assert sources == [[0, 0]] * 2 + [[1, 1]] * 2  # step 3 is the second stage's first

@@ -265,3 +265,50 @@ def test_combined_budget_fills_a_decoder_only_row(budgets):
         for _ in range(6):
             inputs, targets = build(text(rng, raw), d, int(rng.integers(1 << 30)), roll=False)
             assert len(inputs) + len(targets) <= total, d.name
+
+
+# ---------------------------------------------------------------- MeCo metadata in the inputs
+
+METADATA = np.array([250, 251, 252, 200, 201], np.int32)  # ordinary ids, even the text's own
+
+
+@pytest.mark.parametrize("d", ALL_DENOISERS, ids=lambda d: d.name + d.mode_token)
+def test_metadata_goes_after_the_mode_token_and_changes_nothing_else(d):
+    rng = np.random.default_rng(2)
+    for seed in range(12):
+        tokens = text(rng, int(rng.integers(1, 300)))
+        for mode in (True, False):
+            kw = dict(mode=mode, roll=bool(seed % 2))
+            plain_in, plain_tg = build(tokens, d, seed, **kw)
+            inputs, targets = build_example(tokens, d, seed=seed, tokenizer_ids=IDS,
+                                            metadata=METADATA, **kwargs(**kw))
+            head = int(mode and bool(d.mode_token))
+            # [mode] metadata <the same noised piece> [EOS]: the mask is drawn on the piece alone.
+            np.testing.assert_array_equal(inputs, np.concatenate(
+                [plain_in[:head], METADATA, plain_in[head:]]))
+            np.testing.assert_array_equal(targets, plain_tg)  # metadata is never a target
+            assert not set(inputs[head:head + len(METADATA)].tolist()) & SENTINEL_SET
+            got = output_lengths(len(tokens), d, seed=seed, num_sentinels=IDS.num_sentinels,
+                                 metadata_len=len(METADATA), **kwargs(**kw))
+            assert got == (len(inputs), len(targets))
+
+
+@pytest.mark.parametrize("combined", [False, True])
+def test_metadata_is_counted_in_the_budget(combined):
+    rng = np.random.default_rng(3)
+    m, budgets = len(METADATA), (40, 24)
+    for d in ALL_DENOISERS:
+        kw = dict(num_sentinels=100, **kwargs("cap", False, True))
+        raw = raw_length_for(*budgets, d, combined=combined, metadata_len=m, **kw)
+        # The prefix costs inputs room (not always raw tokens: a targets budget may bind first).
+        assert raw <= raw_length_for(*budgets, d, combined=combined, **kw)
+        over = max_output_lengths(raw + 1, d, **kw)
+        assert (over[0] + m + over[1] > sum(budgets) if combined
+                else over[0] + m > budgets[0] or over[1] > budgets[1]), d.name
+        for n in [raw, *rng.integers(1, raw + 1, 8)]:
+            inputs, targets = build_example(text(rng, int(n)), d, seed=int(rng.integers(1 << 30)),
+                                            tokenizer_ids=IDS, metadata=METADATA, **kwargs())
+            assert (len(inputs) + len(targets) <= sum(budgets) if combined
+                    else len(inputs) <= budgets[0] and len(targets) <= budgets[1]), (d.name, n)
+    with pytest.raises(ValueError, match="5-token metadata prefix.*shorten the metadata"):
+        raw_length_for(7, 10, UL2_DENOISERS[0], metadata_len=m, num_sentinels=100, **kwargs())
