@@ -86,6 +86,18 @@ def random_seq2seq_rows(num_rows: int, inputs_len: int, targets_len: int, vocab:
     return rows
 
 
+def segments(lengths_per_row, row_length):
+    """Segment ids and per-segment positions for rows of the given segment lengths."""
+    seg = np.zeros((len(lengths_per_row), row_length), np.int32)
+    pos = np.zeros_like(seg)
+    for r, lengths in enumerate(lengths_per_row):
+        start = 0
+        for s, n in enumerate(lengths, start=1):
+            seg[r, start:start + n], pos[r, start:start + n] = s, np.arange(n)
+            start += n
+    return seg, pos
+
+
 def partitioner_for(shape):
     """A Partitioner over the first prod(shape) fake devices, with the default axis rules."""
     import jax

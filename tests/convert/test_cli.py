@@ -12,7 +12,9 @@ from t5x_like.metrics import read_metrics
 from t5x_like.models.decoder import Decoder
 from t5x_like.state import model_spec
 
-from .tiny_hf import as_torch, hf_llama, segments, tokens, torch, transformers
+from conftest import segments
+
+from .tiny_hf import as_torch, hf_llama, tokens, torch, transformers
 
 VOCAB = 2048  # the embedded corpus's tokenizer
 

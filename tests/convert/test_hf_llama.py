@@ -11,7 +11,9 @@ from t5x_like.convert.tensors import DictSource
 from t5x_like.models.decoder import Decoder
 from t5x_like.state import model_spec
 
-from .tiny_hf import as_torch, hf_llama, segments, state_dict_numpy, tokens, torch, transformers
+from conftest import segments
+
+from .tiny_hf import as_torch, hf_llama, state_dict_numpy, tokens, torch, transformers
 
 L, V = 16, 64
 

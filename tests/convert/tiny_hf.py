@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import segments
 from t5x_like.models.encoder_decoder import EncoderDecoder
 from t5x_like.state import model_spec
 
@@ -60,18 +61,6 @@ def hf_llama(vocab_size: int = 64, tied: bool = False, seed: int = 0):
                 p.normal_(0, p.shape[1] ** -0.5)
     _perturb_norms(model)
     return model
-
-
-def segments(lengths_per_row, row_length):
-    """Segment ids and per-segment positions for rows of the given segment lengths."""
-    seg = np.zeros((len(lengths_per_row), row_length), np.int32)
-    pos = np.zeros_like(seg)
-    for r, lengths in enumerate(lengths_per_row):
-        start = 0
-        for s, n in enumerate(lengths, start=1):
-            seg[r, start:start + n], pos[r, start:start + n] = s, np.arange(n)
-            start += n
-    return seg, pos
 
 
 def tokens(seg, vocab_size: int, seed: int):

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from conftest import MICRO_MODEL
+from conftest import MICRO_MODEL, segments
 
 from t5x_like import gin_loader
 from t5x_like.config import (DEFAULT_LOGICAL_AXIS_RULES, ModelConfig, flops_per_token,
@@ -88,18 +88,6 @@ def _hf_logits(hf, enc_tokens, dec_tokens, enc_mask=None, dec_mask=None) -> np.n
     return out.logits.numpy()
 
 
-def _segments(lengths_per_row, row_length):
-    """Segment ids and per-segment positions for rows of the given segment lengths."""
-    seg = np.zeros((len(lengths_per_row), row_length), np.int32)
-    pos = np.zeros_like(seg)
-    for r, lengths in enumerate(lengths_per_row):
-        start = 0
-        for s, n in enumerate(lengths, start=1):
-            seg[r, start:start + n], pos[r, start:start + n] = s, np.arange(n)
-            start += n
-    return seg, pos
-
-
 def _tokens(seg, seed):
     """Random tokens on the segments, 0 on padding; decoder rows start each segment with BOS 0."""
     tokens = np.random.default_rng(seed).integers(2, MICRO_T5.vocab_size, seg.shape)
@@ -112,8 +100,8 @@ def test_logits_match_hugging_face_unpacked_and_packed(variant, scan_layers):
     """Rows 0-1: one segment each, row 1 padded, against HF with attention masks. Rows 2-3: two
     packed segments each, against HF run on every segment alone."""
     hf, model = _hf(variant), _model(variant, scan_layers)
-    enc_seg, enc_pos = _segments([[L], [L - 6], [9, 11], [7, 10]], L)
-    dec_seg, dec_pos = _segments([[M], [M - 4], [5, 7], [6, 4]], M)
+    enc_seg, enc_pos = segments([[L], [L - 6], [9, 11], [7, 10]], L)
+    dec_seg, dec_pos = segments([[M], [M - 4], [5, 7], [6, 4]], M)
     enc, dec = _tokens(enc_seg, 1), _tokens(dec_seg, 2)
     dec[dec_pos == 0] = 0  # BOS at every segment start (targets shifted right per segment)
     # Unrolled layers run eagerly in no time; a scan is only fast compiled.
@@ -145,12 +133,12 @@ def micro_model():
 
 
 def _packed_batch():
-    enc_seg, enc_pos = _segments([[9, 11], [7, 10]], L)
-    dec_seg, dec_pos = _segments([[5, 7], [6, 4]], M)
+    enc_seg, enc_pos = segments([[9, 11], [7, 10]], L)
+    dec_seg, dec_pos = segments([[5, 7], [6, 4]], M)
     return _tokens(enc_seg, 5), _tokens(dec_seg, 6), enc_seg, dec_seg, enc_pos, dec_pos
 
 
-def test_no_information_crosses_packed_segments(micro_model):
+def test_no_information_crosses_packedsegments(micro_model):
     enc, dec, enc_seg, dec_seg, enc_pos, dec_pos = _packed_batch()
     base = np.asarray(micro_model(enc, dec, enc_seg, dec_seg, enc_pos, dec_pos))
     enc2 = np.where(enc_seg == 2, (enc + 7) % MICRO_T5.vocab_size, enc)
