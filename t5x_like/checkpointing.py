@@ -98,9 +98,7 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any, data_iter: Any,
                 model_config: dict) -> Any:
         """Restore `step` into `abstract_state`'s shapes and shardings; `data_iter` in place."""
-        saved = self._manager.restore(step, args=ocp.args.Composite(
-            model=ocp.args.JsonRestore()))["model"]
-        check_same_model(saved, model_config, f"{self.directory}/{step}")
+        check_same_model(self.model_config(step), model_config, f"{self.directory}/{step}")
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iter is not None:
             self._check_process_count(step)
