@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_like.config import ModelConfig
-from t5x_like.models.layers import MLP, RMSNorm, Attention, attention_mask, param
+from t5x_like.models.attention import attention_mask, rope_tables
+from t5x_like.models.layers import MLP, RMSNorm, Attention, dense, param
 from t5x_like.partitioning import constrain
 
 _REMAT_POLICIES = {
@@ -37,9 +38,8 @@ class DecoderBlock(nnx.Module):
         self.mlp = MLP(d_model=cfg.d_model, mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,
                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x_BxLxD, positions_BxL, mask_Bx1xLxL):
-        x_BxLxD = x_BxLxD + self.attention(self.attention_norm(x_BxLxD), positions_BxL,
-                                           mask_Bx1xLxL)
+    def __call__(self, x_BxLxD, rope, mask_Bx1xLxL):
+        x_BxLxD = x_BxLxD + self.attention(self.attention_norm(x_BxLxD), rope, mask_Bx1xLxL)
         x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
         return constrain(x_BxLxD, ("batch", "length", "embed"))
 
@@ -78,17 +78,18 @@ class Decoder(nnx.Module):
             prefix = causal_attention_BxL.astype(bool)
             mask_Bx1xLxL |= (attention_mask(segment_ids_BxL, segment_ids_BxL, causal=False)
                              & (prefix[:, :, None] & prefix[:, None, :])[:, None])
-        x_BxLxD = self._run_layers(x_BxLxD, positions_BxL, mask_Bx1xLxL)
+        rope = rope_tables(positions_BxL, self.cfg.head_dim, self.cfg.rope_theta)
+        x_BxLxD = self._run_layers(x_BxLxD, rope, mask_Bx1xLxL)
         x_BxLxD = self.final_norm(x_BxLxD)
         if self.cfg.tie_embeddings:
-            logits_BxLxV = x_BxLxD @ self.token_embed[...].astype(dtype).T
+            logits_BxLxV = dense(x_BxLxD, self.token_embed[...].astype(dtype).T)
         else:
-            logits_BxLxV = x_BxLxD @ self.lm_head[...].astype(dtype)
+            logits_BxLxV = dense(x_BxLxD, self.lm_head[...].astype(dtype))
         return constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab"))
 
-    def _run_layers(self, x_BxLxD, positions_BxL, mask_Bx1xLxL):
+    def _run_layers(self, x_BxLxD, rope, mask_Bx1xLxL):
         def apply(block, x):
-            return block(x, positions_BxL, mask_Bx1xLxL)
+            return block(x, rope, mask_Bx1xLxL)
 
         policy = _REMAT_POLICIES.get(self.cfg.remat_policy)
         if policy is not None:

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t5x_like.config import ModelConfig
-from t5x_like.models.layers import (MLP, RMSNorm, RelativePositionBias, T5Attention,
-                                    attention_mask, fan_in_init, param)
+from t5x_like.models.attention import attention_mask
+from t5x_like.models.layers import (MLP, RMSNorm, RelativePositionBias, T5Attention, dense,
+                                    fan_in_init, param)
 from t5x_like.partitioning import constrain
 
 _REMAT_POLICIES = {
@@ -226,9 +227,9 @@ class EncoderDecoder(nnx.Module):
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_embeddings:
             y_BxMxD = y_BxMxD * jnp.asarray(self.cfg.d_model ** -0.5, dtype)
-            logits_BxMxV = y_BxMxD @ self.token_embed[...].astype(dtype).T
+            logits_BxMxV = dense(y_BxMxD, self.token_embed[...].astype(dtype).T)
         else:
-            logits_BxMxV = y_BxMxD @ self.lm_head[...].astype(dtype)
+            logits_BxMxV = dense(y_BxMxD, self.lm_head[...].astype(dtype))
         return constrain(logits_BxMxV.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def __call__(self, encoder_input_tokens_BxL: jax.Array, decoder_input_tokens_BxM: jax.Array,

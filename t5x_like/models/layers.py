@@ -19,14 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from t5x_like.models.attention import apply_rope, dot_product_attention
 from t5x_like.partitioning import constrain
 
 Initializer = Callable[..., jax.Array]
-# A large finite negative rather than -inf: a fully padded row then softmaxes to a uniform (and
-# ignored) distribution instead of NaN.
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-
-
 def param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], names: Sequence[str],
           dtype: jnp.dtype) -> nnx.Param:
     """A parameter with logical axis names, created unsharded (the partitioner shards it)."""
@@ -40,6 +36,45 @@ def fan_in_init(in_axes: int | Sequence[int], out_axes: int | Sequence[int]) -> 
                                              in_axis=in_axes, out_axis=out_axes)
 
 
+def _axes(start: int, stop: int) -> tuple[int, ...]:
+    return tuple(range(start, stop))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x: jax.Array, kernel: jax.Array, num_in: int = 1) -> jax.Array:
+    """x [..., *in] . kernel [*in, *out] -> [..., *out], contracting the `num_in` last axes of x.
+
+    Every projection goes through this so that its backward pass is written once, here. For the
+    kernel gradient, the sum over the batch and length axes, autodiff hands XLA
+    dot(d_out, x) followed by a transpose, which XLA:CPU lowered by writing the [tokens, out]
+    gradient transposed, fused into the elementwise producer (the SwiGLU backward): strided
+    stores that cost more than the matmul behind them. Here the operand that gets transposed is
+    the smaller of x and d_out.
+    """
+    return jnp.tensordot(x, kernel, axes=(_axes(x.ndim - num_in, x.ndim), _axes(0, num_in)))
+
+
+def _dense_fwd(x, kernel, num_in):
+    return dense(x, kernel, num_in), (x, kernel)
+
+
+def _dense_bwd(num_in, res, d_out):
+    x, kernel = res
+    num_out, num_batch = kernel.ndim - num_in, x.ndim - num_in
+    d_x = jnp.tensordot(d_out, kernel, axes=(_axes(num_batch, d_out.ndim),
+                                             _axes(num_in, kernel.ndim)))
+    batch = _axes(0, num_batch)
+    if x.size <= d_out.size:
+        d_kernel = jnp.tensordot(x, d_out, axes=(batch, batch))
+    else:  # [*out, *in], kept in this order by the barrier (as in attention.py), then flipped
+        d_kernel_t = jax.lax.optimization_barrier(jnp.tensordot(d_out, x, axes=(batch, batch)))
+        d_kernel = d_kernel_t.transpose(_axes(num_out, num_out + num_in) + _axes(0, num_out))
+    return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 class RMSNorm(nnx.Module):
     """Root-mean-square norm with a learned scale (no mean subtraction, no bias)."""
 
@@ -51,63 +86,6 @@ class RMSNorm(nnx.Module):
         x = x_BxLxD.astype(jnp.float32)  # the variance in low precision loses the small values
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
         return (x * self.scale[...].astype(jnp.float32)).astype(x_BxLxD.dtype)
-
-
-def apply_rope(x_BxLxNxE: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, Hugging Face "rotate-half" layout (first half pairs with second half).
-
-    Positions come from the batch, so they restart at 0 in every packed segment.
-    """
-    half = x_BxLxNxE.shape[-1] // 2
-    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles_BxLxE2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
-    cos = jnp.cos(angles_BxLxE2)[:, :, None, :]
-    sin = jnp.sin(angles_BxLxE2)[:, :, None, :]
-    x = x_BxLxNxE.astype(jnp.float32)
-    x1, x2 = x[..., :half], x[..., half:]
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BxLxNxE.dtype)
-
-
-def attention_mask(q_segment_ids_BxL: jax.Array, kv_segment_ids_BxM: jax.Array,
-                   causal: bool) -> jax.Array:
-    """Boolean [B, 1, L, M] mask: same segment, not padding (segment 0), and causal if asked.
-
-    Causality is by index in the row: within a segment index order is position order, and across
-    segments the same-segment term already forbids attention.
-    """
-    same = q_segment_ids_BxL[:, :, None] == kv_segment_ids_BxM[:, None, :]
-    mask_BxLxM = same & (q_segment_ids_BxL[:, :, None] != 0)
-    if causal:
-        length, kv_length = q_segment_ids_BxL.shape[1], kv_segment_ids_BxM.shape[1]
-        mask_BxLxM &= jnp.tril(jnp.ones((length, kv_length), dtype=bool))
-    return mask_BxLxM[:, None, :, :]
-
-
-def dot_product_attention(q_BxLxHxE: jax.Array, k_BxMxKxE: jax.Array, v_BxMxKxE: jax.Array,
-                          mask_Bx1xLxM: jax.Array, bias_BxHxLxM: jax.Array | None = None,
-                          scale: float | None = None) -> jax.Array:
-    """Grouped-query attention: each key/value head serves G = H // K query heads.
-
-    Scores are q.k * scale (default head_dim**-0.5; T5 passes 1.0, its scaling lives in the
-    query initializer) plus an optional float32 bias (T5's relative positions), then masked.
-    """
-    batch, length, heads, head_dim = q_BxLxHxE.shape
-    kv_heads = k_BxMxKxE.shape[2]
-    scale = head_dim ** -0.5 if scale is None else scale
-    q_BxLxKxGxE = q_BxLxHxE.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("blkge,bmke->bkglm", q_BxLxKxGxE, k_BxMxKxE,
-                        preferred_element_type=jnp.float32)
-    if scale != 1.0:
-        scores = scores * scale
-    if bias_BxHxLxM is not None:
-        # Query head h = k * G + g, the order of the reshape above.
-        scores = scores + bias_BxHxLxM.astype(jnp.float32).reshape(
-            bias_BxHxLxM.shape[0], kv_heads, heads // kv_heads, *bias_BxHxLxM.shape[2:])
-    scores = jnp.where(mask_Bx1xLxM[:, :, None], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxMxKxE.dtype)
-    out_BxLxKxGxE = jnp.einsum("bkglm,bmke->blkge", probs, v_BxMxKxE)
-    return out_BxLxKxGxE.reshape(batch, length, heads, head_dim)
 
 
 class Attention(nnx.Module):
@@ -126,16 +104,15 @@ class Attention(nnx.Module):
         self.out = param(rngs, fan_in_init((0, 1), 2), (num_heads, head_dim, d_model),
                          ("heads", "head_dim", "embed"), param_dtype)
 
-    def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+    def __call__(self, x_BxLxD: jax.Array, rope: tuple[jax.Array, jax.Array],
                  mask_Bx1xLxM: jax.Array) -> jax.Array:
+        """`rope` is `attention.rope_tables(positions, head_dim, rope_theta)`, shared by layers."""
         x = x_BxLxD.astype(self.dtype)
-        q_BxLxHxE = jnp.einsum("bld,dhe->blhe", x, self.query[...].astype(self.dtype))
-        k_BxLxKxE = jnp.einsum("bld,dke->blke", x, self.key[...].astype(self.dtype))
-        v_BxLxKxE = jnp.einsum("bld,dke->blke", x, self.value[...].astype(self.dtype))
-        q_BxLxHxE = apply_rope(q_BxLxHxE, positions_BxL, self.rope_theta)
-        k_BxLxKxE = apply_rope(k_BxLxKxE, positions_BxL, self.rope_theta)
+        q_BxLxHxE = apply_rope(dense(x, self.query[...].astype(self.dtype)), rope)
+        k_BxLxKxE = apply_rope(dense(x, self.key[...].astype(self.dtype)), rope)
+        v_BxLxKxE = dense(x, self.value[...].astype(self.dtype))
         out_BxLxHxE = dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, mask_Bx1xLxM)
-        return jnp.einsum("blhe,hed->bld", out_BxLxHxE, self.out[...].astype(self.dtype))
+        return dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2)
 
 
 MLP_ACTIVATIONS = {
@@ -170,14 +147,14 @@ class MLP(nnx.Module):
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         act = MLP_ACTIVATIONS[self.activation]
         x = x_BxLxD.astype(self.dtype)
-        up_BxLxF = x @ self.up[...].astype(self.dtype)
+        up_BxLxF = dense(x, self.up[...].astype(self.dtype))
         if self.gated:
-            gate_BxLxF = x @ self.gate[...].astype(self.dtype)
+            gate_BxLxF = dense(x, self.gate[...].astype(self.dtype))
             hidden_BxLxF = act(gate_BxLxF) * up_BxLxF
         else:
             hidden_BxLxF = act(up_BxLxF)
         hidden_BxLxF = constrain(hidden_BxLxF, ("batch", "length", "mlp"))
-        return hidden_BxLxF @ self.down[...].astype(self.dtype)
+        return dense(hidden_BxLxF, self.down[...].astype(self.dtype))
 
 
 class SwiGLU(MLP):
@@ -287,9 +264,9 @@ class T5Attention(nnx.Module):
     def __call__(self, x_BxLxD: jax.Array, kv_BxMxD: jax.Array, mask_Bx1xLxM: jax.Array,
                  bias_BxHxLxM: jax.Array | None = None) -> jax.Array:
         x, kv = x_BxLxD.astype(self.dtype), kv_BxMxD.astype(self.dtype)
-        q_BxLxHxE = jnp.einsum("bld,dhe->blhe", x, self.query[...].astype(self.dtype))
-        k_BxMxKxE = jnp.einsum("bmd,dke->bmke", kv, self.key[...].astype(self.dtype))
-        v_BxMxKxE = jnp.einsum("bmd,dke->bmke", kv, self.value[...].astype(self.dtype))
+        q_BxLxHxE = dense(x, self.query[...].astype(self.dtype))
+        k_BxMxKxE = dense(kv, self.key[...].astype(self.dtype))
+        v_BxMxKxE = dense(kv, self.value[...].astype(self.dtype))
         out_BxLxHxE = dot_product_attention(q_BxLxHxE, k_BxMxKxE, v_BxMxKxE, mask_Bx1xLxM,
                                             bias_BxHxLxM, scale=1.0)
-        return jnp.einsum("blhe,hed->bld", out_BxLxHxE, self.out[...].astype(self.dtype))
+        return dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2)

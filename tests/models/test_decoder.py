@@ -1,4 +1,4 @@
-"""Decoder-only model: packed attention never leaks across segments, scan == unrolled, RoPE."""
+"""Decoder-only model: packed attention never leaks across segments, scan == unrolled."""
 
 import dataclasses
 
@@ -11,7 +11,6 @@ from flax import nnx
 from conftest import MICRO_MODEL
 from t5x_like.config import num_params
 from t5x_like.models.decoder import Decoder
-from t5x_like.models.layers import apply_rope, attention_mask, dot_product_attention
 
 L = 16
 
@@ -124,36 +123,3 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     np.testing.assert_allclose(logits, ref, atol=0.1)
 
 
-def test_rope_is_rotate_half_and_relative():
-    x = np.random.default_rng(0).normal(size=(1, 3, 1, 8)).astype(np.float32)
-    pos = np.array([[0, 1, 5]])
-    out = np.asarray(apply_rope(x, pos, 10_000.0))
-    # Hugging Face Llama: x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1].
-    inv = 10_000.0 ** (-np.arange(4) / 4)
-    ang = pos[0][:, None] * inv
-    cos, sin = np.concatenate([np.cos(ang)] * 2, -1), np.concatenate([np.sin(ang)] * 2, -1)
-    rot = np.concatenate([-x[0, :, 0, 4:], x[0, :, 0, :4]], -1)
-    np.testing.assert_allclose(out[0, :, 0], x[0, :, 0] * cos + rot * sin, rtol=1e-5, atol=1e-6)
-    # Scores depend only on relative position: <R(p)q, R(p+k)k> is independent of p.
-    q, k = x[:, :1], x[:, 1:2]
-    s = [float(np.sum(apply_rope(q, np.array([[p]]), 1e4) * apply_rope(k, np.array([[p + 3]]),
-                                                                          1e4))) for p in (0, 7)]
-    assert s[0] == pytest.approx(s[1], rel=1e-4)
-
-
-def test_grouped_query_attention_equals_repeated_kv_heads():
-    rng = np.random.default_rng(0)
-    q = rng.normal(size=(2, 5, 4, 8)).astype(np.float32)
-    k, v = (rng.normal(size=(2, 5, 2, 8)).astype(np.float32) for _ in range(2))
-    seg = np.ones((2, 5), np.int32)
-    mask = attention_mask(seg, seg, causal=True)
-    gqa = dot_product_attention(q, k, v, mask)
-    mha = dot_product_attention(q, np.repeat(k, 2, axis=2), np.repeat(v, 2, axis=2), mask)
-    np.testing.assert_allclose(gqa, mha, rtol=1e-5, atol=1e-6)
-
-
-def test_attention_mask_blocks_padding_and_other_segments():
-    seg = np.array([[1, 1, 2, 0]])
-    mask = np.asarray(attention_mask(seg, seg, causal=True))[0, 0]
-    expected = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]], bool)
-    np.testing.assert_array_equal(mask, expected)
