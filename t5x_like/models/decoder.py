@@ -78,7 +78,9 @@ class Decoder(nnx.Module):
             prefix = causal_attention_BxL.astype(bool)
             mask_Bx1xLxL |= (attention_mask(segment_ids_BxL, segment_ids_BxL, causal=False)
                              & (prefix[:, :, None] & prefix[:, None, :])[:, None])
-        rope = rope_tables(positions_BxL, self.cfg.head_dim, self.cfg.rope_theta)
+        # Packed positions restart in each segment, so they are always < L.
+        rope = rope_tables(positions_BxL, self.cfg.head_dim, self.cfg.rope_theta,
+                           max_position=input_tokens_BxL.shape[1])
         x_BxLxD = self._run_layers(x_BxLxD, rope, mask_Bx1xLxL)
         x_BxLxD = self.final_norm(x_BxLxD)
         if self.cfg.tie_embeddings:

@@ -147,12 +147,14 @@ class MLP(nnx.Module):
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         act = MLP_ACTIVATIONS[self.activation]
         x = x_BxLxD.astype(self.dtype)
-        up_BxLxF = dense(x, self.up[...].astype(self.dtype))
         if self.gated:
-            gate_BxLxF = dense(x, self.gate[...].astype(self.dtype))
-            hidden_BxLxF = act(gate_BxLxF) * up_BxLxF
+            # One matmul for both projections: two side by side contend for the same cores.
+            # Stacked on a new axis, not concatenated, so a sharded mlp axis stays in place.
+            kernel_Dx2xF = jnp.stack([self.gate[...], self.up[...]], axis=1).astype(self.dtype)
+            gate_up_BxLx2xF = dense(x, kernel_Dx2xF)
+            hidden_BxLxF = act(gate_up_BxLx2xF[..., 0, :]) * gate_up_BxLx2xF[..., 1, :]
         else:
-            hidden_BxLxF = act(up_BxLxF)
+            hidden_BxLxF = act(dense(x, self.up[...].astype(self.dtype)))
         hidden_BxLxF = constrain(hidden_BxLxF, ("batch", "length", "mlp"))
         return dense(hidden_BxLxF, self.down[...].astype(self.dtype))
 
