@@ -108,9 +108,20 @@ class Attention(nnx.Module):
                  mask_Bx1xLxM: jax.Array) -> jax.Array:
         """`rope` is `attention.rope_tables(positions, head_dim, rope_theta)`, shared by layers."""
         x = x_BxLxD.astype(self.dtype)
-        q_BxLxHxE = apply_rope(dense(x, self.query[...].astype(self.dtype)), rope)
-        k_BxLxKxE = apply_rope(dense(x, self.key[...].astype(self.dtype)), rope)
-        v_BxLxKxE = dense(x, self.value[...].astype(self.dtype))
+        d_model, heads, head_dim = self.query.shape
+        kv_heads = self.key.shape[1]
+        groups = heads // kv_heads
+        # One matmul for q, k and v (three small ones side by side contend for the same cores).
+        # Query head h = k * G + g sits next to its key/value head k, so a sharded head axis
+        # stays in place; the parameters keep their own layouts.
+        kernel_DxKxG2xE = jnp.concatenate(
+            [self.query[...].reshape(d_model, kv_heads, groups, head_dim),
+             self.key[...][:, :, None], self.value[...][:, :, None]], axis=2).astype(self.dtype)
+        qkv_BxLxKxG2xE = dense(x, kernel_DxKxG2xE)
+        q_BxLxHxE = apply_rope(qkv_BxLxKxG2xE[..., :groups, :].reshape(
+            *x.shape[:-1], heads, head_dim), rope)
+        k_BxLxKxE = apply_rope(qkv_BxLxKxG2xE[..., groups, :], rope)
+        v_BxLxKxE = qkv_BxLxKxG2xE[..., groups + 1, :]
         out_BxLxHxE = dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, mask_Bx1xLxM)
         return dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2)
 
