@@ -57,3 +57,36 @@ def test_mlp_equals_the_textbook_formula_with_gradients(activation):
     got, want = jax.grad(ours, (0, 1))(params, x), jax.grad(textbook, (0, 1))(params, x)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_block_equals_separate_q_k_v_projections():
+    """q, k and v run as one stacked matmul; query head h must still pair with kv head h // G."""
+    from flax import nnx
+
+    from t5x_like.models.attention import (apply_rope, attention_mask, dot_product_attention,
+                                           rope_tables)
+    from t5x_like.models.layers import Attention
+    attn = Attention(d_model=8, num_heads=6, num_kv_heads=2, head_dim=4, rope_theta=1e4,
+                     dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(attn)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 8)), jnp.float32)
+    segments = jnp.asarray([[1, 1, 1, 2, 2], [1, 1, 1, 1, 0]])
+    positions = jnp.asarray([[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]])
+    rope, mask = rope_tables(positions, 4, 1e4, max_position=5), attention_mask(
+        segments, segments, causal=True)
+
+    def separate(p, x):
+        w = {k: v[...] for k, v in p.items()}
+        q = apply_rope(jnp.einsum("bld,dhe->blhe", x, w["query"]), rope)
+        k = apply_rope(jnp.einsum("bld,dke->blke", x, w["key"]), rope)
+        v = jnp.einsum("bld,dke->blke", x, w["value"])
+        out = dot_product_attention(q, k, v, mask)
+        return jnp.sum(jnp.sin(jnp.einsum("blhe,hed->bld", out, w["out"])))
+
+    def ours(p, x):
+        return jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x, rope, mask)))
+
+    np.testing.assert_allclose(ours(params, x), separate(params, x), rtol=1e-6)
+    got, want = jax.grad(ours, (0, 1))(params, x), jax.grad(separate, (0, 1))(params, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
