@@ -36,11 +36,10 @@ def rope_tables(positions_BxL: jax.Array, head_dim: int, theta: float,
     q and k, forwards and backwards, heads included (about 5x the cost of the rotation itself).
     """
     half = head_dim // 2
+    inv_freq = np.float32(theta) ** (-np.arange(half, dtype=np.float32) / np.float32(half))
     if max_position is None:
-        inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
         angles_BxLxE2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq
         return jnp.cos(angles_BxLxE2)[:, :, None, :], jnp.sin(angles_BxLxE2)[:, :, None, :]
-    inv_freq = np.float32(theta) ** (-np.arange(half, dtype=np.float32) / np.float32(half))
     angles_PxE2 = np.arange(max_position, dtype=np.float32)[:, None] * inv_freq
     return tuple(
         jnp.take(jnp.asarray(fn(angles_PxE2)), positions_BxL, axis=0, mode="fill",
