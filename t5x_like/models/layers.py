@@ -106,7 +106,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxLxD: jax.Array, rope: tuple[jax.Array, jax.Array],
                  mask_Bx1xLxM: jax.Array) -> jax.Array:
-        """`rope` is `attention.rope_tables(positions, head_dim, rope_theta, L)`, shared by layers."""
+        """`rope` is `attention.rope_tables(positions, head_dim, theta, L)`, shared by layers."""
         x = x_BxLxD.astype(self.dtype)
         d_model, heads, head_dim = self.query.shape
         kv_heads = self.key.shape[1]
