@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--configs tiny,llama_100m] [--batch_size 8]
         [--seq_len 256] [--inputs_len 128] [--targets_len 128] [--steps N] [--warmup 2]
-        [--rounds 3] [--json PATH]
+        [--rounds 3] [--peer_malloc system|retain] [--json PATH]
 
 Decoder-only configs (`tiny`, `llama_100m`, the default) are compared with `LlamaForCausalLM`
 at `--seq_len`; encoder-decoder configs (`t5_tiny`, `t5_100m`) with `T5ForConditionalGeneration`
@@ -37,6 +37,10 @@ Methodology
   segment per row, every token weighted; encoder-decoder: [B, Li] encoder tokens and [B, Lt]
   targets, decoder inputs = targets shifted right with 0 first, as T5 does), and all cores
   (`torch.set_num_threads(os.cpu_count())`; XLA uses its default thread pool).
+* Memory: the t5x_like side runs with glibc's malloc set to keep freed memory, as the `t5x-like`
+  command runs (`t5x_like.host_memory`: without it XLA:CPU's per-step temporary buffer is mapped
+  and zeroed afresh every step); the reference runs with the system's malloc, as a PyTorch user
+  has it, unless `--peer_malloc retain` gives it the same setting.
 * Timing: each implementation is built, compiled and run for `--warmup` untimed steps, then one
   block of `--steps` steps is timed. Blocks alternate between the implementations for
   `--rounds` rounds, so a change in machine load hits both alike, and every block runs in a
@@ -68,7 +72,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from t5x_like import optim, state as state_lib, trainer
+from t5x_like import host_memory, optim, state as state_lib, trainer
 from t5x_like.config import RunConfig, flops_per_token
 from t5x_like.gin_loader import load_run_config
 from t5x_like.metrics import measure_matmul_peak
@@ -310,10 +314,18 @@ def make_row(impl: str, name: str, cfg: RunConfig, info: dict[str, Any], block_s
 
 
 def time_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
-    """Build one implementation, warm it up and time one block of steps (worker process)."""
+    """Build one implementation, warm it up and time one block of steps (worker process).
+
+    t5x_like runs with malloc set as the `t5x-like` command sets it (`t5x_like.host_memory`),
+    before XLA starts its threads; the reference keeps the system's malloc unless
+    `--peer_malloc retain` gives it the same setting.
+    """
+    retain = impl == "t5x_like" or args.peer_malloc == "retain"
+    retained = host_memory.retain_freed_memory() if retain else False
     cfg = run_config(name, args)
     batch = random_batch(cfg, args.seed)
     run_block, info = (t5x_like_runner if impl == "t5x_like" else hf_runner)(cfg, batch)
+    info["malloc"] = "retained" if retained else "system"
     if args.warmup:
         run_block(args.warmup)
     return run_block(args.steps or DEFAULT_STEPS.get(name, 5)), info
@@ -326,7 +338,8 @@ def _worker_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
            "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
            "--inputs_len", str(args.inputs_len), "--targets_len", str(args.targets_len),
            "--steps", str(args.steps or DEFAULT_STEPS.get(name, 5)),
-           "--warmup", str(args.warmup), "--seed", str(args.seed)]
+           "--warmup", str(args.warmup), "--seed", str(args.seed),
+           "--peer_malloc", args.peer_malloc]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["seconds"], result["info"]
@@ -363,6 +376,8 @@ def print_table(rows: list[dict[str, Any]], peaks: dict[str, float]) -> None:
               f"{r['batch_size']}x{row} | {r['steps']}x{r['rounds']} | "
               f"{r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
               f"{min(spread):,.0f}-{max(spread):,.0f} | {100 * r['mfu']:.1f}% | {ratio:.2f} |")
+    print("\nmalloc: " + ", ".join(sorted({f"{r['implementation']} {r['malloc']}" for r in rows}))
+          + " (t5x_like.host_memory; --peer_malloc retain gives the reference the same)")
     if any("inputs_len" in r for r in rows):
         print("\nencoder-decoder rows: tokens/row = encoder inputs + decoder targets (Li+Lt), "
               "and tokens/s counts both; FLOPs/token = flops_per_token(cfg, Li+Lt, Li)")
@@ -387,6 +402,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3,
                    help="timed blocks per implementation, alternating between them")
     p.add_argument("--seed", type=int, default=0, help="seed of the random token batch")
+    p.add_argument("--peer_malloc", choices=("system", "retain"), default="system",
+                   help="the reference's malloc: the system's as shipped (default), or glibc "
+                        "set to retain freed memory as the t5x-like command sets it")
     p.add_argument("--json", default="", help="write the rows as a JSON list here")
     p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)

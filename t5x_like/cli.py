@@ -217,5 +217,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# Commands that run compiled steps on this host, and so profit from `host_memory`.
+_STEP_COMMANDS = ("train", "eval", "generate")
+
+
+def entry() -> int:
+    """The `t5x-like` console script: process-wide settings first, then `main`.
+
+    Kept apart from `main` so that calling `main` in-process (tests, notebooks) leaves the
+    caller's malloc alone; a `t5x-like` process owns its allocator.
+    """
+    if sys.argv[1:2] and sys.argv[1] in _STEP_COMMANDS:
+        from t5x_like import host_memory  # before XLA starts its threads
+        host_memory.retain_freed_memory()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
