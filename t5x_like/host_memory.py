@@ -4,15 +4,16 @@ XLA:CPU gives each run of an executable one temporary buffer (319 MB for the tin
 step, 3.2 GB for the 124M one) and frees it when the run ends. glibc's malloc serves every block
 over 32 MB with a fresh `mmap` and hands it back with `munmap` on free, so each step the kernel
 zeroes the whole buffer again, page by page: 80 thousand minor faults and ~0.2 s of system time
-per tiny step (a third of its CPU time), 800 thousand and ~3 s per 124M step. PyTorch does not
-pay this, because its per-op tensors are small enough to be reused inside malloc's heap.
+per tiny step (about a fifth of its CPU time), 800 thousand and ~3 s per 124M step. PyTorch pays
+less of this: most of its per-op tensors are small enough to be reused inside malloc's heap.
 
 `retain_freed_memory` tells glibc to keep such blocks: no `mmap` for large blocks, so they come
 from the main heap; one arena, because a thread's own arena cannot hold a block over 64 MB and
 would `mmap` it anyway (XLA's worker threads make these allocations); and never trimming the top
 of the heap, so the next step reuses the same, already-mapped pages. What jemalloc or tcmalloc
 would do through LD_PRELOAD, done in-process. The cost: memory freed by the process stays mapped
-to it (its peak resident size, which a training process reaches every step anyway).
+to it, and the heap grows over the first steps until its free blocks settle into a layout the
+buffers fit (the README's default run peaks at 1.86 GB resident instead of 1.41 GB).
 
 It must run before any thread but the main one allocates (the arena limit is fixed at the first
 allocation of a second thread), so the `t5x-like` command calls it first thing (`cli.entry`, for
