@@ -79,6 +79,20 @@ def test_non_finite_loss_leaves_state_untouched(setup):
         np.testing.assert_array_equal(a, b)
 
 
+def _state_copies(hlo_text: str) -> int:
+    """Copies of `state` arguments in the entry computation (scan carries and the like aside)."""
+    entry = hlo_text[hlo_text.index("\nENTRY"):]
+    return sum(" copy(%state" in line for line in entry[:entry.index("\n}")].splitlines())
+
+
+def test_donated_state_is_updated_in_place(setup):
+    """The non-finite guard must not make XLA copy the donated state before updating it (a
+    select between old and new state copied every parameter and Adam moment)."""
+    state, batch, fn = setup
+    hlo = jax.jit(fn, donate_argnums=0).lower(state, batch).compile().as_text()
+    assert _state_copies(hlo) <= 1, _state_copies(hlo)  # the step counter may be copied
+
+
 def test_train_step_reduces_loss_on_a_repeated_batch(setup):
     state, batch, fn = setup
     jitted = jax.jit(fn)
