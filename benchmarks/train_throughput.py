@@ -63,6 +63,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -320,15 +321,22 @@ def time_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
     before XLA starts its threads; the reference keeps the system's malloc unless
     `--peer_malloc retain` gives it the same setting.
     """
-    retain = impl == "t5x_like" or args.peer_malloc == "retain"
-    retained = host_memory.retain_freed_memory() if retain else False
+    retained = ((impl == "t5x_like" or args.peer_malloc == "retain")
+                and host_memory.retain_freed_memory())
     cfg = run_config(name, args)
     batch = random_batch(cfg, args.seed)
     run_block, info = (t5x_like_runner if impl == "t5x_like" else hf_runner)(cfg, batch)
     info["malloc"] = "retained" if retained else "system"
     if args.warmup:
         run_block(args.warmup)
-    return run_block(args.steps or DEFAULT_STEPS.get(name, 5)), info
+    steps = args.steps or DEFAULT_STEPS.get(name, 5)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = run_block(steps)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # What malloc costs in the kernel: fresh pages faulted in, and system CPU time.
+    info["minor_faults_per_step"] = (after.ru_minflt - before.ru_minflt) / steps
+    info["system_seconds_per_step"] = (after.ru_stime - before.ru_stime) / steps
+    return seconds, info
 
 
 def _worker_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
@@ -376,8 +384,11 @@ def print_table(rows: list[dict[str, Any]], peaks: dict[str, float]) -> None:
               f"{r['batch_size']}x{row} | {r['steps']}x{r['rounds']} | "
               f"{r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
               f"{min(spread):,.0f}-{max(spread):,.0f} | {100 * r['mfu']:.1f}% | {ratio:.2f} |")
-    print("\nmalloc: " + ", ".join(sorted({f"{r['implementation']} {r['malloc']}" for r in rows}))
-          + " (t5x_like.host_memory; --peer_malloc retain gives the reference the same)")
+    print("\nmalloc (t5x_like.host_memory; --peer_malloc retain gives the reference the same), "
+          "minor page faults and system CPU seconds per step in the last block:")
+    for r in rows:
+        print(f"  {r['implementation']} {r['config']}: {r['malloc']}, "
+              f"{r['minor_faults_per_step']:,.0f} faults, {r['system_seconds_per_step']:.3f} s")
     if any("inputs_len" in r for r in rows):
         print("\nencoder-decoder rows: tokens/row = encoder inputs + decoder targets (Li+Lt), "
               "and tokens/s counts both; FLOPs/token = flops_per_token(cfg, Li+Lt, Li)")
