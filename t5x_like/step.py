@@ -28,13 +28,17 @@ def cross_entropy_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_
     """Weighted sums (not means) of the loss terms, so micro-batches and hosts add up exactly.
 
     Returns cross-entropy, z-loss (z_loss * log(Z)^2, PaLM), correct predictions and weight.
+    A prediction is correct when no logit exceeds the target's (a tie counts as correct): that
+    reuses logsumexp's max instead of a separate argmax pass over the [B, L, V] logits.
     A row whose weights are all zero contributes zeros, never NaN.
     """
     logits = logits_BxLxV.astype(jnp.float32)
-    log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
+    max_logit_BxL = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+    log_z_BxL = max_logit_BxL + jnp.log(jnp.sum(jnp.exp(logits - max_logit_BxL[..., None]),
+                                                 axis=-1))
     target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
     weights = weights_BxL.astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == targets_BxL).astype(jnp.float32)
+    correct = (target_logit_BxL >= max_logit_BxL).astype(jnp.float32)
     return {
         "cross_entropy": jnp.sum((log_z_BxL - target_logit_BxL) * weights),
         "z_loss": z_loss * jnp.sum(jnp.square(log_z_BxL) * weights),

@@ -29,6 +29,12 @@ def test_cross_entropy_sums_match_numpy():
     assert float(sums["correct"]) == ((logits.argmax(-1) == targets) * weights).sum()
 
 
+def test_a_target_tied_for_the_largest_logit_counts_as_correct():
+    logits = np.array([[[2.0, 2.0, 1.0], [0.0, 3.0, 1.0]]], np.float32)
+    sums = step.cross_entropy_sums(logits, np.array([[1, 2]]), np.ones((1, 2)), z_loss=0.0)
+    assert float(sums["correct"]) == 1.0  # token 0: tied with index 0; token 1: 1.0 < 3.0
+
+
 def test_all_masked_rows_give_zero_loss_not_nan():
     sums = step.cross_entropy_sums(np.zeros((1, 4, 7)), np.zeros((1, 4), int), np.zeros((1, 4)),
                                    z_loss=1e-4)
