@@ -28,14 +28,14 @@ def cross_entropy_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_
     """Weighted sums (not means) of the loss terms, so micro-batches and hosts add up exactly.
 
     Returns cross-entropy, z-loss (z_loss * log(Z)^2, PaLM), correct predictions and weight.
-    A prediction is correct when no logit exceeds the target's (a tie counts as correct): that
-    reuses logsumexp's max instead of a separate argmax pass over the [B, L, V] logits.
+    A prediction is correct when no logit exceeds the target's (a tie counts as correct). XLA
+    merges that max with logsumexp's own; an argmax made the pass over the [B, L, V] logits a
+    (value, index) reduction, which XLA:CPU ran ~4x slower (164 -> 39 ms at 2048 x 32000).
     A row whose weights are all zero contributes zeros, never NaN.
     """
     logits = logits_BxLxV.astype(jnp.float32)
-    max_logit_BxL = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
-    log_z_BxL = max_logit_BxL + jnp.log(jnp.sum(jnp.exp(logits - max_logit_BxL[..., None]),
-                                                 axis=-1))
+    log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
+    max_logit_BxL = jnp.max(logits, axis=-1)
     target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
     weights = weights_BxL.astype(jnp.float32)
     correct = (target_logit_BxL >= max_logit_BxL).astype(jnp.float32)

@@ -35,6 +35,16 @@ def test_a_target_tied_for_the_largest_logit_counts_as_correct():
     assert float(sums["correct"]) == 1.0  # token 0: tied with index 0; token 1: 1.0 < 3.0
 
 
+def test_loss_sums_reduce_the_vocabulary_without_an_index():
+    """Accuracy shares logsumexp's max: a max and a sum over V, no (value, index) argmax."""
+    f = jax.jit(lambda l, t, w: step.cross_entropy_sums(l, t, w, z_loss=1e-4))
+    hlo = f.lower(jnp.zeros((2, 3, 11)), jnp.zeros((2, 3), jnp.int32),
+                  jnp.ones((2, 3))).compile().as_text()
+    over_v = [ln for ln in hlo.splitlines() if " reduce(" in ln and "dimensions={2}" in ln]
+    assert len(over_v) == 2, over_v
+    assert not any("s32" in ln.split(" reduce(")[0] for ln in over_v), over_v
+
+
 def test_all_masked_rows_give_zero_loss_not_nan():
     sums = step.cross_entropy_sums(np.zeros((1, 4, 7)), np.zeros((1, 4), int), np.zeros((1, 4)),
                                    z_loss=1e-4)
