@@ -159,10 +159,10 @@ class MLP(nnx.Module):
         act = MLP_ACTIVATIONS[self.activation]
         x = x_BxLxD.astype(self.dtype)
         if self.gated:
-            # Two matmuls, one after the other (the barrier orders them, forwards and
-            # backwards). Side by side they contend for the same cores, and one stacked
-            # [D, 2F] matmul runs slower per FLOP on XLA:CPU than two [D, F] ones in turn:
-            # 5% of the tiny step, 6-14% at 124M (docs/benchmarks.md).
+            # Two matmuls, one after the other (the barrier orders them). Side by side they
+            # contend for the same cores, and one stacked [D, 2F] matmul runs slower per FLOP
+            # on XLA:CPU than two [D, F] ones in turn: 5% of the tiny step, 6-14% at 124M
+            # (docs/benchmarks.md).
             gate_BxLxF = dense(x, self.gate[...].astype(self.dtype))
             x, gate_BxLxF = jax.lax.optimization_barrier((x, gate_BxLxF))
             hidden_BxLxF = act(gate_BxLxF) * dense(x, self.up[...].astype(self.dtype))

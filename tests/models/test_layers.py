@@ -35,7 +35,7 @@ def test_dense_gradients_equal_autodiff(x_shape, kernel_shape, num_in):
 
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh", "relu"])
 def test_mlp_equals_the_textbook_formula_with_gradients(activation):
-    """The gated MLP orders its gate and up matmuls with a barrier; it must stay the textbook block."""
+    """The gated MLP orders its gate and up matmuls with a barrier; still the textbook block."""
     from flax import nnx
 
     from t5x_like.models.layers import MLP, MLP_ACTIVATIONS
