@@ -17,9 +17,9 @@ from t5x_like import cli, host_memory
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc")
 
 # A jitted function with a 72 MB temporary and a 36 MB output (both above glibc's largest
-# mmap threshold, 32 MB, and the temporary above a thread arena's 64 MB heap), called from a
-# worker thread as XLA's own threads would allocate. Prints the minor page faults of its last
-# calls and the buffer pages one call touches.
+# mmap threshold, 32 MB, and the temporary above a thread arena's 64 MB heap), called 60 times
+# from a worker thread as XLA's own threads would allocate. Prints the minor page faults of the
+# last 24 calls and the buffer pages one call touches.
 _PROBE = """
 import json, resource, sys, threading
 if sys.argv[1] == "retain":
@@ -34,7 +34,7 @@ buffer_pages = (compiled.memory_analysis().temp_size_in_bytes + x.nbytes) // 409
 faults = []
 
 def run():
-    for _ in range(40):
+    for _ in range(60):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         y = f(x)
         y.block_until_ready()
@@ -44,7 +44,7 @@ def run():
 thread = threading.Thread(target=run)
 thread.start()
 thread.join()
-print(json.dumps({"faults": faults[-16:], "buffer_pages": buffer_pages}))
+print(json.dumps({"faults": faults[-24:], "buffer_pages": buffer_pages}))
 """
 
 
@@ -63,9 +63,12 @@ def test_retained_buffers_are_not_faulted_in_again():
     assert pages > 20_000
     # glibc as shipped: every call maps its buffers afresh and the kernel zeroes them again.
     assert min(system["faults"]) > pages // 2, system
-    # Retained: the heap grows over the first calls, while its free blocks settle into a layout
-    # that fits the buffers (about 20 calls here), then calls touch no new page.
-    assert sum(retained["faults"]) < pages // 10, retained
+    # Retained: most calls touch no new page. The heap still grows now and then (the temporary
+    # finds no free block that fits and lands on fresh pages) until its free blocks settle,
+    # mostly over the first ~10 calls; runs here saw 0-4 such calls among calls 24-39.
+    regrowths = sum(f > pages // 10 for f in retained["faults"])
+    assert sorted(retained["faults"])[12] < pages // 100, retained  # the median call
+    assert regrowths <= 6, retained
 
 
 def test_opt_out_leaves_malloc_alone(monkeypatch):
