@@ -182,11 +182,31 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) ->
             for k, v in local_batch.items()}
 
 
+# XLA:CPU's matmul libraries, by name. jaxlib 0.10 hands dots to YNNPACK; with these options
+# each dot becomes a oneDNN fusion instead (YNNPACK then runs nothing, and elementwise work goes
+# to XLA's own emitters). See docs/benchmarks.md for what each measured.
+CPU_MATMUL_OPTIONS: dict[str, dict[str, Any]] = {
+    "xla": {},
+    "onednn": {"xla_cpu_use_onednn": True,
+               "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+               "xla_cpu_experimental_ynn_fusion_type": ""},
+}
+
+
+def compiler_options(platform: str, cpu_matmul: str) -> dict[str, Any]:
+    """XLA compiler options for executables on `platform` devices: on 'cpu', those that select
+    the `cpu_matmul` library (a key of CPU_MATMUL_OPTIONS); elsewhere none."""
+    if cpu_matmul not in CPU_MATMUL_OPTIONS:
+        raise ValueError(f"cpu_matmul {cpu_matmul!r}: expected one of {sorted(CPU_MATMUL_OPTIONS)}")
+    return dict(CPU_MATMUL_OPTIONS[cpu_matmul]) if platform == "cpu" else {}
+
+
 class Partitioner:
     """The trainer's only view of the hardware: shardings, global batches, compile context."""
 
-    def __init__(self, mesh: Mesh, rules: Rules):
+    def __init__(self, mesh: Mesh, rules: Rules, cpu_matmul: str = "xla"):
         self.mesh, self.rules = mesh, tuple(rules)
+        self.compiler_options = compiler_options(mesh.devices.flat[0].platform, cpu_matmul)
 
     def shardings(self, abstract_tree: Any, logical_names: Any) -> Any:
         """NamedShardings for arrays named logically (parameters)."""

@@ -44,7 +44,7 @@ def default_model_factory(cfg: RunConfig) -> Callable[[nnx.Rngs], nnx.Module]:
 def default_partitioner(cfg: RunConfig) -> Partitioner:
     """A mesh over all devices shaped by `cfg.mesh`."""
     mesh = make_mesh(cfg.mesh.ici_shape, cfg.mesh.dcn_shape)
-    return Partitioner(mesh, cfg.mesh.logical_axis_rules)
+    return Partitioner(mesh, cfg.mesh.logical_axis_rules, cfg.mesh.cpu_matmul)
 
 
 def _global_shapes(example_batch: dict[str, np.ndarray], batch_size: int, sharding):
@@ -61,10 +61,11 @@ def compile_train_step(cfg: RunConfig, layout: state_lib.StateLayout, partitione
                                  grad_accum_steps=cfg.train.grad_accum_steps)
     batch_sharding = partitioner.batch_sharding
     batch = _global_shapes(example_batch, cfg.train.batch_size, batch_sharding)
-    with partitioner.activation_context():
-        compiled = jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
-                           out_shardings=(shardings, partitioner.replicated()),
-                           donate_argnums=0).lower(layout.restore_target, batch).compile()
+    with partitioner.activation_context():  # models' sharding constraints apply while tracing
+        lowered = jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
+                          out_shardings=(shardings, partitioner.replicated()),
+                          donate_argnums=0).lower(layout.restore_target, batch)
+    compiled = lowered.compile(partitioner.compiler_options)
     _log_memory(compiled)
     return compiled
 
@@ -77,11 +78,12 @@ def compile_eval_step(graphdef: nnx.GraphDef, params: Any, partitioner: Partitio
                             params, shardings)
     batch_sharding = partitioner.batch_sharding
     with partitioner.activation_context():
-        return jax.jit(functools.partial(step_lib.eval_step, graphdef=graphdef),
-                       in_shardings=(shardings, batch_sharding),
-                       out_shardings=partitioner.replicated()
-                       ).lower(abstract, _global_shapes(example_batch, batch_size,
-                                                        batch_sharding)).compile()
+        lowered = jax.jit(functools.partial(step_lib.eval_step, graphdef=graphdef),
+                          in_shardings=(shardings, batch_sharding),
+                          out_shardings=partitioner.replicated()
+                          ).lower(abstract, _global_shapes(example_batch, batch_size,
+                                                           batch_sharding))
+    return lowered.compile(partitioner.compiler_options)
 
 
 def _log_memory(compiled) -> None:
@@ -135,10 +137,11 @@ class StepReporter:
     """Turns step metrics (device arrays) into log rows; raises on a non-finite loss."""
 
     def __init__(self, cfg: RunConfig, writer: MetricsWriter, tokens_per_step: int,
-                 num_devices: int, progress=None):
+                 num_devices: int, progress=None, compiler_options: dict[str, Any] | None = None):
         self.cfg, self.writer, self.progress = cfg, writer, progress
         self.tokens_per_step = tokens_per_step
-        peak, self.peak_source = peak_flops_per_device(cfg.model.dtype)
+        peak, self.peak_source = peak_flops_per_device(
+            cfg.model.dtype, tuple(sorted((compiler_options or {}).items())))
         self.peak_total = peak * num_devices
         self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len,
                                                cfg.data.task_feature_lengths.get("inputs"))
@@ -271,7 +274,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
     writer = MetricsWriter(tc.model_dir, enabled=primary)
     progress = _progress_bar(tc, start) if primary else None
     reporter = StepReporter(cfg, writer, tc.batch_size * cfg.data.seq_len,
-                            partitioner.mesh.size, progress)
+                            partitioner.mesh.size, progress, partitioner.compiler_options)
     log.info("MFU denominator: %s", reporter.peak_source)
     if start == 0:
         reporter.log_eval(0, evaluate(eval_step, state["params"], inputs.eval_batches,

@@ -99,12 +99,15 @@ def segments(lengths_per_row, row_length):
 
 
 def partitioner_for(shape):
-    """A Partitioner over the first prod(shape) fake devices, with the default axis rules."""
+    """A Partitioner over the first prod(shape) fake devices, with the default axis rules and
+    CPU matmul library, as a run gets them."""
     import jax
     from t5x_like.config import RunConfig
     from t5x_like.partitioning import Partitioner, make_mesh
     devices = jax.devices()[:int(np.prod(shape))]
-    return Partitioner(make_mesh(shape, devices=devices), RunConfig().mesh.logical_axis_rules)
+    mesh_cfg = RunConfig().mesh
+    return Partitioner(make_mesh(shape, devices=devices), mesh_cfg.logical_axis_rules,
+                       mesh_cfg.cpu_matmul)
 
 
 def losses_of(rows):

@@ -6,7 +6,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from t5x_like.config import DEFAULT_LOGICAL_AXIS_RULES as RULES, MeshConfig
-from t5x_like.partitioning import Partitioner, logical_to_mesh_spec, make_mesh
+from t5x_like.partitioning import (CPU_MATMUL_OPTIONS, Partitioner, compiler_options,
+                                   logical_to_mesh_spec, make_mesh)
 
 
 def test_minus_one_fills_the_mesh():
@@ -53,3 +54,32 @@ def test_global_batch_is_sharded_over_data_and_fsdp():
     assert batch["x"].sharding.spec == P(("data", "fsdp"), None)
     assert len(batch["x"].addressable_shards) == 8 and partitioner.data_parallel_size == 8
     np.testing.assert_array_equal(jax.device_get(batch["x"]), np.arange(64).reshape(16, 4))
+
+
+def test_cpu_matmul_library_is_a_cpu_only_compile_option():
+    assert compiler_options("cpu", "onednn") == CPU_MATMUL_OPTIONS["onednn"] != {}
+    assert compiler_options("cpu", "xla") == {}
+    assert compiler_options("gpu", "onednn") == compiler_options("tpu", "onednn") == {}
+    with pytest.raises(ValueError, match="cpu_matmul 'mkl'"):
+        compiler_options("cpu", "mkl")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 4, 2)])
+def test_onednn_runs_the_dots_of_a_sharded_matmul(shape):
+    mesh = make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))])
+    x = np.random.default_rng(0).standard_normal((64, 96), np.float32)
+    w = np.random.default_rng(1).standard_normal((96, 32), np.float32)
+    results = {}
+    for library in ("xla", "onednn"):
+        partitioner = Partitioner(mesh, RULES, library)
+        specs = (logical_to_mesh_spec(("batch", "embed"), RULES, x.shape, mesh),
+                 logical_to_mesh_spec(("embed", "mlp"), RULES, w.shape, mesh))
+        shardings = [jax.sharding.NamedSharding(mesh, spec) for spec in specs]
+        compiled = jax.jit(lambda a, b: a @ b, in_shardings=shardings).lower(
+            *(jax.device_put(v, s) for v, s in zip((x, w), shardings))
+        ).compile(partitioner.compiler_options)
+        assert ("__onednn_fusion" in compiled.as_text()) == (library == "onednn")
+        results[library] = np.asarray(compiled(*(jax.device_put(v, s)
+                                                 for v, s in zip((x, w), shardings))))
+    np.testing.assert_allclose(results["onednn"], x @ w, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(results["onednn"], results["xla"], rtol=1e-5, atol=1e-4)
