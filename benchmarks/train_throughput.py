@@ -77,6 +77,7 @@ from t5x_like import host_memory, optim, state as state_lib, trainer
 from t5x_like.config import RunConfig, flops_per_token
 from t5x_like.gin_loader import load_run_config
 from t5x_like.metrics import measure_matmul_peak
+from t5x_like.partitioning import CPU_MATMUL_OPTIONS
 
 DEFAULT_STEPS = {"tiny": 15, "llama_100m": 3, "t5_tiny": 15, "t5_100m": 5}
 PEAK_SIZES = (2048, 4096)
@@ -96,6 +97,9 @@ def run_config(name: str, args) -> RunConfig:
     train step)."""
     cfg = load_run_config([f"models/{name}.gin"])
     train = dataclasses.replace(cfg.train, batch_size=args.batch_size)
+    if args.cpu_matmul:
+        cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh,
+                                                                cpu_matmul=args.cpu_matmul))
     if not is_encoder_decoder(cfg):
         return dataclasses.replace(cfg, train=train, data=dataclasses.replace(
             cfg.data, task_feature_lengths={"targets": args.seq_len}))
@@ -144,9 +148,11 @@ def random_batch(cfg: RunConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def measure_peaks() -> dict[str, float]:
-    """Best float32 square-matmul FLOP/s of XLA and of torch.mm on this machine."""
+    """Best float32 square-matmul FLOP/s of XLA (with each of its CPU matmul libraries) and of
+    torch.mm on this machine."""
     import torch
-    xla = max(measure_matmul_peak(size) for size in PEAK_SIZES)
+    xla = max(measure_matmul_peak(size, compiler_options=options)
+              for size in PEAK_SIZES for options in CPU_MATMUL_OPTIONS.values())
     best_torch = 0.0
     for size in PEAK_SIZES:
         a = torch.ones(size, size)
@@ -348,6 +354,8 @@ def _worker_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
            "--steps", str(args.steps or DEFAULT_STEPS.get(name, 5)),
            "--warmup", str(args.warmup), "--seed", str(args.seed),
            "--peer_malloc", args.peer_malloc]
+    if args.cpu_matmul:
+        cmd += ["--cpu_matmul", args.cpu_matmul]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["seconds"], result["info"]
@@ -416,6 +424,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer_malloc", choices=("system", "retain"), default="system",
                    help="the reference's malloc: the system's as shipped (default), or glibc "
                         "set to retain freed memory as the t5x-like command sets it")
+    p.add_argument("--cpu_matmul", choices=sorted(CPU_MATMUL_OPTIONS), default="",
+                   help="t5x_like's XLA:CPU matmul library; default: MeshConfig.cpu_matmul")
     p.add_argument("--json", default="", help="write the rows as a JSON list here")
     p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
