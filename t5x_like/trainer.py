@@ -65,7 +65,7 @@ def compile_train_step(cfg: RunConfig, layout: state_lib.StateLayout, partitione
         lowered = jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
                           out_shardings=(shardings, partitioner.replicated()),
                           donate_argnums=0).lower(layout.restore_target, batch)
-    compiled = lowered.compile(partitioner.compiler_options)
+    compiled = partitioner.compile(lowered)
     _log_memory(compiled)
     return compiled
 
@@ -83,7 +83,7 @@ def compile_eval_step(graphdef: nnx.GraphDef, params: Any, partitioner: Partitio
                           out_shardings=partitioner.replicated()
                           ).lower(abstract, _global_shapes(example_batch, batch_size,
                                                            batch_sharding))
-    return lowered.compile(partitioner.compiler_options)
+    return partitioner.compile(lowered)
 
 
 def _log_memory(compiled) -> None:
