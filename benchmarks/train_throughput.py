@@ -1,15 +1,16 @@
 """Train-step throughput and MFU: t5x_like vs Hugging Face transformers' PyTorch Llama and T5.
 
     python benchmarks/train_throughput.py [--configs tiny,llama_100m] [--batch_size 8]
-        [--seq_len 256] [--inputs_len 128] [--targets_len 128] [--steps N] [--warmup 2]
-        [--rounds 3] [--peer_malloc system|retain] [--json PATH]
+        [--seq_len 256] [--inputs_len 128] [--targets_len 128] [--steps N] [--warmup N]
+        [--rounds 3] [--peer_malloc system|retain] [--cpu_matmul onednn|xla] [--json PATH]
 
 Decoder-only configs (`tiny`, `llama_100m`, the default) are compared with `LlamaForCausalLM`
 at `--seq_len`; encoder-decoder configs (`t5_tiny`, `t5_100m`) with `T5ForConditionalGeneration`
 at `--inputs_len` encoder + `--targets_len` decoder tokens per row (128 + 128 by default: the
 256 tokens of a decoder row, split as in `configs/runs/ul2_tiny.gin`); `--seq_len` applies only
 to decoders, `--inputs_len`/`--targets_len` only to encoder-decoders, so both kinds can share one
-`--configs` list. Timed steps per block by default: tiny and t5_tiny 15, llama_100m 3, t5_100m 5.
+`--configs` list. Timed steps per block by default: tiny and t5_tiny 15, llama_100m 3, t5_100m 5;
+warm-up steps: tiny and t5_tiny 3, llama_100m and t5_100m 4.
 The encoder-decoder comparison (the default `--configs` stays tiny,llama_100m):
 
     python benchmarks/train_throughput.py --configs t5_tiny,t5_100m --json /tmp/bench_t5.json
@@ -41,6 +42,8 @@ Methodology
   command runs (`t5x_like.host_memory`: without it XLA:CPU's per-step temporary buffer is mapped
   and zeroed afresh every step); the reference runs with the system's malloc, as a PyTorch user
   has it, unless `--peer_malloc retain` gives it the same setting.
+* Matmuls: t5x_like compiles with its configured XLA:CPU matmul library (`MeshConfig.cpu_matmul`,
+  oneDNN by default; `--cpu_matmul xla` for jaxlib's YNNPACK); PyTorch uses its MKL.
 * Timing: each implementation is built, compiled and run for `--warmup` untimed steps, then one
   block of `--steps` steps is timed. Blocks alternate between the implementations for
   `--rounds` rounds, so a change in machine load hits both alike, and every block runs in a
@@ -53,8 +56,9 @@ Methodology
 * MFU = tokens/s x `t5x_like.config.flops_per_token` (6 x matmul params + attention, PaLM
   convention, same number for both; encoder-decoder: `flops_per_token(cfg, Li + Lt, Li)`, a
   row's FLOPs spread over its Li + Lt tokens) / peak. The peak is measured in the same run: the
-  best float32 square-matmul FLOP/s of XLA (`metrics.measure_matmul_peak`) and of `torch.mm`, at
-  2048 and 4096; the larger of the two is the single denominator for every row.
+  best float32 square-matmul FLOP/s of XLA (`metrics.measure_matmul_peak`, with each CPU matmul
+  library) and of `torch.mm`, at 2048 and 4096; the largest is the single denominator for every
+  row.
 """
 
 from __future__ import annotations
@@ -80,6 +84,14 @@ from t5x_like.metrics import measure_matmul_peak
 from t5x_like.partitioning import CPU_MATMUL_OPTIONS
 
 DEFAULT_STEPS = {"tiny": 15, "llama_100m": 3, "t5_tiny": 15, "t5_100m": 5}
+# Untimed steps first: with `host_memory`, a t5x_like process's heap can still be growing (and
+# faulting in fresh pages) over its first steps; at 124M two warm-up steps were not always enough.
+DEFAULT_WARMUP = {"tiny": 3, "llama_100m": 4, "t5_tiny": 3, "t5_100m": 4}
+
+
+def warmup_steps(name: str, args) -> int:
+    """--warmup, or the config's default when it is -1."""
+    return DEFAULT_WARMUP.get(name, 3) if args.warmup < 0 else args.warmup
 PEAK_SIZES = (2048, 4096)
 
 
@@ -333,8 +345,8 @@ def time_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
     batch = random_batch(cfg, args.seed)
     run_block, info = (t5x_like_runner if impl == "t5x_like" else hf_runner)(cfg, batch)
     info["malloc"] = "retained" if retained else "system"
-    if args.warmup:
-        run_block(args.warmup)
+    if warmup_steps(name, args):
+        run_block(warmup_steps(name, args))
     steps = args.steps or DEFAULT_STEPS.get(name, 5)
     before = resource.getrusage(resource.RUSAGE_SELF)
     seconds = run_block(steps)
@@ -352,7 +364,7 @@ def _worker_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
            "--batch_size", str(args.batch_size), "--seq_len", str(args.seq_len),
            "--inputs_len", str(args.inputs_len), "--targets_len", str(args.targets_len),
            "--steps", str(args.steps or DEFAULT_STEPS.get(name, 5)),
-           "--warmup", str(args.warmup), "--seed", str(args.seed),
+           "--warmup", str(warmup_steps(name, args)), "--seed", str(args.seed),
            "--peer_malloc", args.peer_malloc]
     if args.cpu_matmul:
         cmd += ["--cpu_matmul", args.cpu_matmul]
@@ -417,7 +429,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="decoder tokens per row of encoder-decoder configs")
     p.add_argument("--steps", type=int, default=0,
                    help=f"timed steps; 0 = per-config default {DEFAULT_STEPS}")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    p.add_argument("--warmup", type=int, default=-1,
+                   help=f"untimed steps after compiling; -1 = per-config default {DEFAULT_WARMUP}")
     p.add_argument("--rounds", type=int, default=3,
                    help="timed blocks per implementation, alternating between them")
     p.add_argument("--seed", type=int, default=0, help="seed of the random token batch")
