@@ -1,15 +1,24 @@
-"""t5x_like's train step with each XLA:CPU matmul library, side by side in one process.
+"""t5x_like's train step with XLA:CPU's matmuls from YNNPACK (jaxlib's default) or from oneDNN.
 
     python benchmarks/cpu_matmul_ab.py [--configs tiny,llama_100m] [--pairs 10] [--steps 1]
+        [--matmuls]
 
-Both variants (`MeshConfig.cpu_matmul`: 'xla', jaxlib's default YNNPACK, and 'onednn') are
-compiled in one process from the same seed and batch as `train_throughput.py` builds them, warmed
-up, then timed in alternating blocks of `--steps` steps, the order flipping every pair. On a noisy
-machine the speed drifts by more than the difference being measured, so the figure to read is
-the median of the per-pair ratios: both blocks of a pair run within seconds of each other. Each
-pair also reports process CPU seconds per step (user + system), which another tenant's load
-does not inflate as it does wall time. Losses must agree to float32 noise: the libraries sum
-in different orders.
+An experiment kept runnable, not a setting: jaxlib 0.10.2 can hand every dot to oneDNN
+(ONEDNN_OPTIONS below) and that measured 3-7% faster train steps here, but its oneDNN path
+aborts the process in two ways seen so far, so the trainer does not use it (docs/benchmarks.md):
+a oneDNN fusion holding more than one dot fails to build when it first runs ("partition compile
+failed", then SIGILL; encoder-decoders always have one, and this script refuses them), and
+destroying an executable can fail a check in its oneDNN object pool (SIGABRT; seen in a
+two-process run). oneDNN executables also cannot enter JAX's persistent compilation cache.
+
+Both variants are compiled in one process from the same seed and batch as `train_throughput.py`
+builds them, warmed up, then timed in alternating blocks of `--steps` steps, the order flipping
+every pair. On a noisy machine the speed drifts by more than the difference being measured, so
+the figure to read is the median of the per-pair ratios: both blocks of a pair run within
+seconds of each other. Each pair also reports process CPU seconds per step (user + system),
+which another tenant's load does not inflate as it does wall time. Losses must agree to float32
+noise: the libraries sum in different orders. `--matmuls` first times single matmuls of the
+124M step's shapes with each library and with torch.mm (best GFLOP/s over interleaved blocks).
 """
 
 from __future__ import annotations
@@ -19,12 +28,18 @@ import os
 import resource
 import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from t5x_like import host_memory  # noqa: E402  (malloc is set before XLA starts its threads)
 
 LIBRARIES = ("xla", "onednn")
+# Every dot becomes a oneDNN fusion; YNNPACK's fusions off (left on, YNNPACK claims the dots).
+ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True,
+                  "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+                  "xla_cpu_experimental_ynn_fusion_type": ""}
+COMPILER_OPTIONS = {"xla": None, "onednn": ONEDNN_OPTIONS}
 
 
 def _cpu_seconds() -> float:
@@ -36,10 +51,13 @@ def ab_config(name: str, args) -> dict:
     """Both libraries on one config: per-pair wall and CPU ratios (onednn / xla) and losses."""
     import train_throughput as tt
     runners = {}
+    cfg = tt.run_config(name, tt.parse_args(["--configs", name]))
+    if tt.is_encoder_decoder(cfg):  # the cross-attention gradients sum into one oneDNN fusion
+        raise SystemExit(f"{name}: an encoder-decoder step gives oneDNN a fusion of several "
+                         f"dots, which aborts the process; only decoders can be measured")
     for library in LIBRARIES:
-        targs = tt.parse_args(["--configs", name, "--cpu_matmul", library])
-        cfg = tt.run_config(name, targs)
-        runners[library] = tt.t5x_like_runner(cfg, tt.random_batch(cfg, args.seed))
+        runners[library] = tt.t5x_like_runner(cfg, tt.random_batch(cfg, args.seed),
+                                              COMPILER_OPTIONS[library])
         runners[library][0](args.warmup)
     wall = {lib: [] for lib in LIBRARIES}
     cpu = {lib: [] for lib in LIBRARIES}
@@ -52,6 +70,48 @@ def ab_config(name: str, args) -> dict:
     return {"config": name, "wall": wall, "cpu": cpu, "wall_ratio": ratio(wall),
             "cpu_ratio": ratio(cpu),
             "loss": {lib: runners[lib][1]["final_loss"] for lib in LIBRARIES}}
+
+
+# [M, K] x [K, N] float32 matmuls of the 124M decoder's step (M = 2048 tokens): q/k/v, the MLP's
+# gate/up and down projections, the output projection, and the transposed shape of a gradient.
+MATMUL_SHAPES = ((2048, 768, 1280), (2048, 768, 2048), (2048, 2048, 768), (2048, 768, 32000),
+                 (768, 2048, 2048))
+
+
+def matmul_rates(repeats: int = 7, rounds: int = 3) -> list[dict]:
+    """GFLOP/s of single matmuls: XLA with each library (blocks interleaved) and torch.mm."""
+    import jax
+    import numpy as np
+    import torch
+    rows = []
+    for m, k, n in MATMUL_SHAPES:
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal(s, np.float32) for s in ((m, k), (k, n)))
+        lowered = jax.jit(lambda x, y: x @ y).lower(a, b)
+        a_dev, b_dev = jax.device_put(a), jax.device_put(b)
+        fns = {lib: (lambda c=lowered.compile(COMPILER_OPTIONS[lib]): c(a_dev, b_dev)
+                     .block_until_ready()) for lib in LIBRARIES}
+        a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)
+        fns["torch"] = lambda: torch.mm(a_t, b_t)
+        best = dict.fromkeys(fns, float("inf"))
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                fn()
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    fn()
+                    best[name] = min(best[name], time.perf_counter() - start)
+        rows.append({"shape": (m, k, n), **{name: 2 * m * k * n / t / 1e9
+                                             for name, t in best.items()}})
+    return rows
+
+
+def print_matmuls(rows: list[dict]) -> None:
+    """Best GFLOP/s per shape and library."""
+    print("\n| [M, K] x [K, N] | XLA (YNNPACK) | XLA (oneDNN) | torch.mm (MKL) |")
+    print("|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['xla']:.0f} | {r['onednn']:.0f} | {r['torch']:.0f} |")
 
 
 def print_table(results: list[dict]) -> None:
@@ -76,8 +136,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=1, help="steps per block")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per library")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--matmuls", action="store_true",
+                   help="also time single matmuls of the 124M shapes (GFLOP/s, best of blocks)")
     args = p.parse_args(argv)
     host_memory.retain_freed_memory()
+    if args.matmuls:
+        print_matmuls(matmul_rates())
     results = []
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         results.append(ab_config(name, args))

@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--configs tiny,llama_100m] [--batch_size 8]
         [--seq_len 256] [--inputs_len 128] [--targets_len 128] [--steps N] [--warmup N]
-        [--rounds 3] [--peer_malloc system|retain] [--cpu_matmul onednn|xla] [--json PATH]
+        [--rounds 3] [--peer_malloc system|retain] [--json PATH]
 
 Decoder-only configs (`tiny`, `llama_100m`, the default) are compared with `LlamaForCausalLM`
 at `--seq_len`; encoder-decoder configs (`t5_tiny`, `t5_100m`) with `T5ForConditionalGeneration`
@@ -42,8 +42,6 @@ Methodology
   command runs (`t5x_like.host_memory`: without it XLA:CPU's per-step temporary buffer is mapped
   and zeroed afresh every step); the reference runs with the system's malloc, as a PyTorch user
   has it, unless `--peer_malloc retain` gives it the same setting.
-* Matmuls: t5x_like compiles with its configured XLA:CPU matmul library (`MeshConfig.cpu_matmul`,
-  oneDNN by default; `--cpu_matmul xla` for jaxlib's YNNPACK); PyTorch uses its MKL.
 * Timing: each implementation is built, compiled and run for `--warmup` untimed steps, then one
   block of `--steps` steps is timed. Blocks alternate between the implementations for
   `--rounds` rounds, so a change in machine load hits both alike, and every block runs in a
@@ -81,7 +79,6 @@ from t5x_like import host_memory, optim, state as state_lib, trainer
 from t5x_like.config import RunConfig, flops_per_token
 from t5x_like.gin_loader import load_run_config
 from t5x_like.metrics import measure_matmul_peak
-from t5x_like.partitioning import CPU_MATMUL_OPTIONS
 
 DEFAULT_STEPS = {"tiny": 15, "llama_100m": 3, "t5_tiny": 15, "t5_100m": 5}
 # Untimed steps first: with `host_memory`, a t5x_like process's heap can still be growing (and
@@ -109,9 +106,6 @@ def run_config(name: str, args) -> RunConfig:
     train step)."""
     cfg = load_run_config([f"models/{name}.gin"])
     train = dataclasses.replace(cfg.train, batch_size=args.batch_size)
-    if args.cpu_matmul:
-        cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh,
-                                                                cpu_matmul=args.cpu_matmul))
     if not is_encoder_decoder(cfg):
         return dataclasses.replace(cfg, train=train, data=dataclasses.replace(
             cfg.data, task_feature_lengths={"targets": args.seq_len}))
@@ -160,11 +154,9 @@ def random_batch(cfg: RunConfig, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def measure_peaks() -> dict[str, float]:
-    """Best float32 square-matmul FLOP/s of XLA (with each of its CPU matmul libraries) and of
-    torch.mm on this machine."""
+    """Best float32 square-matmul FLOP/s of XLA and of torch.mm on this machine."""
     import torch
-    xla = max(measure_matmul_peak(size, compiler_options=options)
-              for size in PEAK_SIZES for options in CPU_MATMUL_OPTIONS.values())
+    xla = max(measure_matmul_peak(size) for size in PEAK_SIZES)
     best_torch = 0.0
     for size in PEAK_SIZES:
         a = torch.ones(size, size)
@@ -178,8 +170,10 @@ def measure_peaks() -> dict[str, float]:
 
 # ------------------------------------------------------------------------------ t5x_like
 
-def t5x_like_runner(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[Callable, dict]:
-    """Build and AOT-compile the trainer's train step; return (run_block(steps) -> seconds, info).
+def t5x_like_runner(cfg: RunConfig, batch: dict[str, np.ndarray],
+                    compiler_options: dict[str, Any] | None = None) -> tuple[Callable, dict]:
+    """Build and AOT-compile the trainer's train step (with XLA `compiler_options`, if given);
+    return (run_block(steps) -> seconds, info).
 
     A block dispatches its steps back to back (as the trainer's loop does) and blocks once.
     """
@@ -190,7 +184,11 @@ def t5x_like_runner(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[Calla
     layout = state_lib.state_layout(factory, tx, partitioner)
     holder["state"] = state_lib.init_state(factory, tx, layout, partitioner, cfg.train.seed)
     start = time.perf_counter()
-    train_step = trainer.compile_train_step(cfg, layout, partitioner, tx, schedule, batch)
+    if compiler_options is None:
+        train_step = trainer.compile_train_step(cfg, layout, partitioner, tx, schedule, batch)
+    else:
+        train_step = trainer.lower_train_step(cfg, layout, partitioner, tx, schedule,
+                                              batch).compile(compiler_options)
     info = {"params": state_lib.count_params(holder["state"]["params"]),
             "compile_seconds": time.perf_counter() - start}
     global_batch = partitioner.global_batch(batch)
@@ -366,8 +364,6 @@ def _worker_block(impl: str, name: str, args) -> tuple[float, dict[str, Any]]:
            "--steps", str(args.steps or DEFAULT_STEPS.get(name, 5)),
            "--warmup", str(warmup_steps(name, args)), "--seed", str(args.seed),
            "--peer_malloc", args.peer_malloc]
-    if args.cpu_matmul:
-        cmd += ["--cpu_matmul", args.cpu_matmul]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return result["seconds"], result["info"]
@@ -437,8 +433,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer_malloc", choices=("system", "retain"), default="system",
                    help="the reference's malloc: the system's as shipped (default), or glibc "
                         "set to retain freed memory as the t5x-like command sets it")
-    p.add_argument("--cpu_matmul", choices=sorted(CPU_MATMUL_OPTIONS), default="",
-                   help="t5x_like's XLA:CPU matmul library; default: MeshConfig.cpu_matmul")
     p.add_argument("--json", default="", help="write the rows as a JSON list here")
     p.add_argument("--_worker", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)

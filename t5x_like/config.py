@@ -166,14 +166,8 @@ class MeshConfig(_Validated):
     dcn_fsdp: int = 1
     dcn_tensor: int = 1
     logical_axis_rules: tuple[tuple[str, Any], ...] = DEFAULT_LOGICAL_AXIS_RULES
-    # XLA:CPU's matmul library on CPU meshes: onednn | xla (jaxlib's default, YNNPACK). oneDNN
-    # ran the tiny and 124M decoder steps 3-7% faster (benchmarks/cpu_matmul_ab.py); steps it
-    # cannot run fall back to xla (partitioning.onednn_fusions_with_several_dots).
-    cpu_matmul: str = "onednn"
 
     def _validate(self):
-        self._require(self.cpu_matmul in ("onednn", "xla"), "cpu_matmul",
-                      "must be 'onednn' or 'xla'")
         for prefix in ("ici", "dcn"):
             sizes = [getattr(self, f"{prefix}_{a}") for a in ("data", "fsdp", "tensor")]
             for axis, size in zip(("data", "fsdp", "tensor"), sizes):

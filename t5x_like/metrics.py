@@ -25,16 +25,14 @@ _PEAK_FLOPS = {
 }
 
 
-def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 10,
-                        compiler_options: dict[str, Any] | None = None) -> float:
-    """Best FLOP/s of a square matmul on the default device (the MFU denominator on CPUs),
-    compiled with `compiler_options` (those the train step is compiled with).
+def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
+    """Best FLOP/s of a square matmul on the default device (the MFU denominator on CPUs).
 
     Best of many: a transient stall (another thread, the hypervisor) only ever lowers a
     reading, and a low peak would inflate every MFU figure computed from it.
     """
     a = jnp.ones((size, size), dtype)
-    matmul = jax.jit(lambda x: x @ x, compiler_options=compiler_options)
+    matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
     best = math.inf
     for _ in range(repeats):
@@ -45,16 +43,13 @@ def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 10,
 
 
 @functools.lru_cache(maxsize=None)
-def peak_flops_per_device(dtype: str = "float32",
-                          compiler_options: tuple[tuple[str, Any], ...] = ()) -> tuple[float, str]:
-    """(peak FLOP/s of one device, where the number comes from); a measured peak is compiled
-    with `compiler_options` (as (name, value) pairs, so the result can be cached)."""
+def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
+    """(peak FLOP/s of one device, where the number comes from)."""
     kind = jax.devices()[0].device_kind
     for name, peak in _PEAK_FLOPS.items():
         if kind.startswith(name):
             return peak, f"data sheet ({kind})"
-    peak = measure_matmul_peak(dtype=jnp.dtype(dtype), compiler_options=dict(compiler_options))
-    return peak, f"measured {dtype} matmul ({kind})"
+    return measure_matmul_peak(dtype=jnp.dtype(dtype)), f"measured {dtype} matmul ({kind})"
 
 
 def _scalar(value: Any) -> float | int:

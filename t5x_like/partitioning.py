@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import math
-import re
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, Any]]
@@ -186,59 +182,11 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) ->
             for k, v in local_batch.items()}
 
 
-# XLA:CPU's matmul libraries, by name. jaxlib 0.10 hands dots to YNNPACK; with these options
-# each dot becomes a oneDNN fusion instead (YNNPACK then runs nothing, and elementwise work goes
-# to XLA's own emitters). See docs/benchmarks.md for what each measured.
-CPU_MATMUL_OPTIONS: dict[str, dict[str, Any]] = {
-    "xla": {},
-    "onednn": {"xla_cpu_use_onednn": True,
-               "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
-               "xla_cpu_experimental_ynn_fusion_type": ""},
-}
-_COMPUTATION = re.compile(r"^(%\S+) \(.*?\{\n(.*?)^\}", re.M | re.S)
-_ONEDNN_CALL = re.compile(r"calls=(%[\w.\-]+)[^\n]*\"__onednn_fusion\"")
-
-
-def onednn_fusions_with_several_dots(hlo_text: str) -> list[str]:
-    """The oneDNN fusions of a compiled module (its `as_text()`) that hold more than one dot.
-
-    XLA fuses a dot's elementwise consumers into its oneDNN fusion, and a consumer can be
-    another dot (a sum of weight gradients, a chain of projections). jaxlib 0.10.2's oneDNN
-    cannot build such a fusion: it fails ("partition compile failed") when the executable
-    first runs it and takes the process down with SIGILL.
-    """
-    bodies = dict(_COMPUTATION.findall(hlo_text))
-    return [name for name in _ONEDNN_CALL.findall(hlo_text)
-            if bodies.get(name, "").count(" dot(") > 1]
-
-
-def compiler_options(platform: str, cpu_matmul: str) -> dict[str, Any]:
-    """XLA compiler options for executables on `platform` devices: on 'cpu', those that select
-    the `cpu_matmul` library (a key of CPU_MATMUL_OPTIONS); elsewhere none."""
-    if cpu_matmul not in CPU_MATMUL_OPTIONS:
-        raise ValueError(f"cpu_matmul {cpu_matmul!r}: expected one of {sorted(CPU_MATMUL_OPTIONS)}")
-    return dict(CPU_MATMUL_OPTIONS[cpu_matmul]) if platform == "cpu" else {}
-
-
 class Partitioner:
     """The trainer's only view of the hardware: shardings, global batches, compile context."""
 
-    def __init__(self, mesh: Mesh, rules: Rules, cpu_matmul: str = "xla"):
+    def __init__(self, mesh: Mesh, rules: Rules):
         self.mesh, self.rules = mesh, tuple(rules)
-        self.compiler_options = compiler_options(mesh.devices.flat[0].platform, cpu_matmul)
-
-    def compile(self, lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-        """Compile with this mesh's compiler options. Where oneDNN would get a fusion it cannot
-        run (`onednn_fusions_with_several_dots`), compile with XLA's own matmuls instead."""
-        compiled = lowered.compile(self.compiler_options)
-        if self.compiler_options.get("xla_cpu_use_onednn"):
-            unsupported = onednn_fusions_with_several_dots(compiled.as_text())
-            if unsupported:
-                log.warning("%d oneDNN fusions of several dots (%s) would fail at run time; "
-                            "compiling with XLA's own matmuls (as MeshConfig.cpu_matmul='xla')",
-                            len(unsupported), ", ".join(unsupported[:3]))
-                compiled = lowered.compile()
-        return compiled
 
     def shardings(self, abstract_tree: Any, logical_names: Any) -> Any:
         """NamedShardings for arrays named logically (parameters)."""

@@ -44,7 +44,7 @@ def default_model_factory(cfg: RunConfig) -> Callable[[nnx.Rngs], nnx.Module]:
 def default_partitioner(cfg: RunConfig) -> Partitioner:
     """A mesh over all devices shaped by `cfg.mesh`."""
     mesh = make_mesh(cfg.mesh.ici_shape, cfg.mesh.dcn_shape)
-    return Partitioner(mesh, cfg.mesh.logical_axis_rules, cfg.mesh.cpu_matmul)
+    return Partitioner(mesh, cfg.mesh.logical_axis_rules)
 
 
 def _global_shapes(example_batch: dict[str, np.ndarray], batch_size: int, sharding):
@@ -52,9 +52,9 @@ def _global_shapes(example_batch: dict[str, np.ndarray], batch_size: int, shardi
             for k, v in example_batch.items()}
 
 
-def compile_train_step(cfg: RunConfig, layout: state_lib.StateLayout, partitioner: Partitioner,
-                       tx, schedule, example_batch: dict[str, np.ndarray]):
-    """AOT-compile the train step (state donated) and log its memory before step 1."""
+def lower_train_step(cfg: RunConfig, layout: state_lib.StateLayout, partitioner: Partitioner,
+                     tx, schedule, example_batch: dict[str, np.ndarray]) -> jax.stages.Lowered:
+    """The train step (state donated) traced and lowered for the partitioner's mesh."""
     shardings = layout.shardings
     train_fn = functools.partial(step_lib.train_step, graphdef=layout.graphdef, tx=tx,
                                  schedule=schedule, z_loss=cfg.train.z_loss,
@@ -62,10 +62,15 @@ def compile_train_step(cfg: RunConfig, layout: state_lib.StateLayout, partitione
     batch_sharding = partitioner.batch_sharding
     batch = _global_shapes(example_batch, cfg.train.batch_size, batch_sharding)
     with partitioner.activation_context():  # models' sharding constraints apply while tracing
-        lowered = jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
-                          out_shardings=(shardings, partitioner.replicated()),
-                          donate_argnums=0).lower(layout.restore_target, batch)
-    compiled = partitioner.compile(lowered)
+        return jax.jit(train_fn, in_shardings=(shardings, batch_sharding),
+                       out_shardings=(shardings, partitioner.replicated()),
+                       donate_argnums=0).lower(layout.restore_target, batch)
+
+
+def compile_train_step(cfg: RunConfig, layout: state_lib.StateLayout, partitioner: Partitioner,
+                       tx, schedule, example_batch: dict[str, np.ndarray]):
+    """AOT-compile the train step (state donated) and log its memory before step 1."""
+    compiled = lower_train_step(cfg, layout, partitioner, tx, schedule, example_batch).compile()
     _log_memory(compiled)
     return compiled
 
@@ -78,12 +83,11 @@ def compile_eval_step(graphdef: nnx.GraphDef, params: Any, partitioner: Partitio
                             params, shardings)
     batch_sharding = partitioner.batch_sharding
     with partitioner.activation_context():
-        lowered = jax.jit(functools.partial(step_lib.eval_step, graphdef=graphdef),
-                          in_shardings=(shardings, batch_sharding),
-                          out_shardings=partitioner.replicated()
-                          ).lower(abstract, _global_shapes(example_batch, batch_size,
-                                                           batch_sharding))
-    return partitioner.compile(lowered)
+        return jax.jit(functools.partial(step_lib.eval_step, graphdef=graphdef),
+                       in_shardings=(shardings, batch_sharding),
+                       out_shardings=partitioner.replicated()
+                       ).lower(abstract, _global_shapes(example_batch, batch_size,
+                                                        batch_sharding)).compile()
 
 
 def _log_memory(compiled) -> None:
@@ -137,11 +141,10 @@ class StepReporter:
     """Turns step metrics (device arrays) into log rows; raises on a non-finite loss."""
 
     def __init__(self, cfg: RunConfig, writer: MetricsWriter, tokens_per_step: int,
-                 num_devices: int, progress=None, compiler_options: dict[str, Any] | None = None):
+                 num_devices: int, progress=None):
         self.cfg, self.writer, self.progress = cfg, writer, progress
         self.tokens_per_step = tokens_per_step
-        peak, self.peak_source = peak_flops_per_device(
-            cfg.model.dtype, tuple(sorted((compiler_options or {}).items())))
+        peak, self.peak_source = peak_flops_per_device(cfg.model.dtype)
         self.peak_total = peak * num_devices
         self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len,
                                                cfg.data.task_feature_lengths.get("inputs"))
@@ -274,7 +277,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
     writer = MetricsWriter(tc.model_dir, enabled=primary)
     progress = _progress_bar(tc, start) if primary else None
     reporter = StepReporter(cfg, writer, tc.batch_size * cfg.data.seq_len,
-                            partitioner.mesh.size, progress, partitioner.compiler_options)
+                            partitioner.mesh.size, progress)
     log.info("MFU denominator: %s", reporter.peak_source)
     if start == 0:
         reporter.log_eval(0, evaluate(eval_step, state["params"], inputs.eval_batches,

@@ -99,15 +99,12 @@ def segments(lengths_per_row, row_length):
 
 
 def partitioner_for(shape):
-    """A Partitioner over the first prod(shape) fake devices, with the default axis rules and
-    CPU matmul library, as a run gets them."""
+    """A Partitioner over the first prod(shape) fake devices, with the default axis rules."""
     import jax
     from t5x_like.config import RunConfig
     from t5x_like.partitioning import Partitioner, make_mesh
     devices = jax.devices()[:int(np.prod(shape))]
-    mesh_cfg = RunConfig().mesh
-    return Partitioner(make_mesh(shape, devices=devices), mesh_cfg.logical_axis_rules,
-                       mesh_cfg.cpu_matmul)
+    return Partitioner(make_mesh(shape, devices=devices), RunConfig().mesh.logical_axis_rules)
 
 
 def losses_of(rows):

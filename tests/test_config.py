@@ -13,7 +13,6 @@ from t5x_like.config import (ConfigError, DataConfig, MeshConfig, ModelConfig, O
     (lambda: ModelConfig(d_model="256"), "expected <class 'int'>"),
     (lambda: ModelConfig(remat_policy="some"), "remat_policy"),
     (lambda: MeshConfig(ici_data=-1, ici_fsdp=-1), "at most one ici_"),
-    (lambda: MeshConfig(cpu_matmul="mkl"), "MeshConfig.cpu_matmul = 'mkl'"),
     (lambda: OptimizerConfig(name="sgd"), "OptimizerConfig.name = 'sgd'"),
     (lambda: TrainConfig(batch_size=8, grad_accum_steps=3), "grad_accum_steps"),
     (lambda: DataConfig(task_feature_lengths={"inputs": 8}), "task_feature_lengths"),

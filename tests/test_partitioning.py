@@ -6,9 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from t5x_like.config import DEFAULT_LOGICAL_AXIS_RULES as RULES, MeshConfig
-from t5x_like.partitioning import (CPU_MATMUL_OPTIONS, Partitioner, compiler_options,
-                                   logical_to_mesh_spec, make_mesh,
-                                   onednn_fusions_with_several_dots)
+from t5x_like.partitioning import Partitioner, logical_to_mesh_spec, make_mesh
 
 
 def test_minus_one_fills_the_mesh():
@@ -55,46 +53,3 @@ def test_global_batch_is_sharded_over_data_and_fsdp():
     assert batch["x"].sharding.spec == P(("data", "fsdp"), None)
     assert len(batch["x"].addressable_shards) == 8 and partitioner.data_parallel_size == 8
     np.testing.assert_array_equal(jax.device_get(batch["x"]), np.arange(64).reshape(16, 4))
-
-
-def test_cpu_matmul_library_is_a_cpu_only_compile_option():
-    assert compiler_options("cpu", "onednn") == CPU_MATMUL_OPTIONS["onednn"] != {}
-    assert compiler_options("cpu", "xla") == {}
-    assert compiler_options("gpu", "onednn") == compiler_options("tpu", "onednn") == {}
-    with pytest.raises(ValueError, match="cpu_matmul 'mkl'"):
-        compiler_options("cpu", "mkl")
-
-
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 4, 2)])
-def test_onednn_runs_the_dots_of_a_sharded_matmul(shape):
-    mesh = make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))])
-    x = np.random.default_rng(0).standard_normal((64, 96), np.float32)
-    w = np.random.default_rng(1).standard_normal((96, 32), np.float32)
-    results = {}
-    for library in ("xla", "onednn"):
-        partitioner = Partitioner(mesh, RULES, library)
-        specs = (logical_to_mesh_spec(("batch", "embed"), RULES, x.shape, mesh),
-                 logical_to_mesh_spec(("embed", "mlp"), RULES, w.shape, mesh))
-        shardings = [jax.sharding.NamedSharding(mesh, spec) for spec in specs]
-        compiled = partitioner.compile(jax.jit(lambda a, b: a @ b, in_shardings=shardings).lower(
-            *(jax.device_put(v, s) for v, s in zip((x, w), shardings))))
-        assert ("__onednn_fusion" in compiled.as_text()) == (library == "onednn")
-        results[library] = np.asarray(compiled(*(jax.device_put(v, s)
-                                                 for v, s in zip((x, w), shardings))))
-    np.testing.assert_allclose(results["onednn"], x @ w, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(results["onednn"], results["xla"], rtol=1e-5, atol=1e-4)
-
-
-def test_a_onednn_fusion_of_several_dots_falls_back_to_xla_matmuls(caplog):
-    # XLA fuses the second dot into the first one's oneDNN fusion; jaxlib 0.10.2's oneDNN cannot
-    # build that and kills the process (SIGILL) when it first runs, so it must never run.
-    x = np.random.default_rng(0).standard_normal((64, 256), np.float32)
-    w = np.random.default_rng(1).standard_normal((256, 64), np.float32)
-    lowered = jax.jit(lambda x, w: x @ w + (2 * x) @ w).lower(x, w)
-    assert onednn_fusions_with_several_dots(
-        lowered.compile(CPU_MATMUL_OPTIONS["onednn"]).as_text())  # compiled, never run
-    partitioner = Partitioner(make_mesh((1, 1, 1), devices=jax.devices()[:1]), RULES, "onednn")
-    compiled = partitioner.compile(lowered)
-    assert "__onednn_fusion" not in compiled.as_text()
-    assert "would fail at run time" in caplog.text
-    np.testing.assert_allclose(np.asarray(compiled(x, w)), 3 * (x @ w), rtol=1e-5, atol=1e-3)
