@@ -18,15 +18,19 @@ the figure to read is the median of the per-pair ratios: both blocks of a pair r
 seconds of each other. Each pair also reports process CPU seconds per step (user + system),
 which another tenant's load does not inflate as it does wall time. Losses must agree to float32
 noise: the libraries sum in different orders. `--matmuls` first times single matmuls of the
-124M step's shapes with each library and with torch.mm (best GFLOP/s over interleaved blocks).
+124M step's shapes with each library (best GFLOP/s over interleaved blocks) and with torch.mm
+(in a process of its own: torch brings its own oneDNN and OpenMP, which changed XLA's oneDNN
+timings when they shared a process).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -78,31 +82,49 @@ MATMUL_SHAPES = ((2048, 768, 1280), (2048, 768, 2048), (2048, 2048, 768), (2048,
                  (768, 2048, 2048))
 
 
-def matmul_rates(repeats: int = 7, rounds: int = 3) -> list[dict]:
-    """GFLOP/s of single matmuls: XLA with each library (blocks interleaved) and torch.mm."""
-    import jax
+def _best_seconds(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def torch_matmul_rates(repeats: int = 21) -> list[float]:
+    """GFLOP/s of torch.mm on MATMUL_SHAPES, best of `repeats` (run in its own process)."""
     import numpy as np
     import torch
-    rows = []
+    rates = []
     for m, k, n in MATMUL_SHAPES:
         rng = np.random.default_rng(0)
-        a, b = (rng.standard_normal(s, np.float32) for s in ((m, k), (k, n)))
+        a, b = (torch.from_numpy(rng.standard_normal(s, np.float32)) for s in ((m, k), (k, n)))
+        rates.append(2 * m * k * n / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9)
+    return rates
+
+
+def matmul_rates(repeats: int = 7, rounds: int = 3) -> list[dict]:
+    """GFLOP/s of single matmuls: XLA with each library (blocks interleaved, best of all) and
+    torch.mm in a separate process (torch's own oneDNN and OpenMP must not share XLA's)."""
+    import jax
+    import numpy as np
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_torch_matmuls"],
+                         check=True, capture_output=True, text=True).stdout
+    torch_rates = json.loads(out.strip().splitlines()[-1])
+    rows = []
+    for (m, k, n), torch_rate in zip(MATMUL_SHAPES, torch_rates):
+        rng = np.random.default_rng(0)
+        a, b = (jax.device_put(rng.standard_normal(s, np.float32)) for s in ((m, k), (k, n)))
         lowered = jax.jit(lambda x, y: x @ y).lower(a, b)
-        a_dev, b_dev = jax.device_put(a), jax.device_put(b)
-        fns = {lib: (lambda c=lowered.compile(COMPILER_OPTIONS[lib]): c(a_dev, b_dev)
-                     .block_until_ready()) for lib in LIBRARIES}
-        a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)
-        fns["torch"] = lambda: torch.mm(a_t, b_t)
+        fns = {lib: (lambda c=lowered.compile(COMPILER_OPTIONS[lib]): c(a, b).block_until_ready())
+               for lib in LIBRARIES}
         best = dict.fromkeys(fns, float("inf"))
         for _ in range(rounds):
             for name, fn in fns.items():
-                fn()
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    fn()
-                    best[name] = min(best[name], time.perf_counter() - start)
-        rows.append({"shape": (m, k, n), **{name: 2 * m * k * n / t / 1e9
-                                             for name, t in best.items()}})
+                best[name] = min(best[name], _best_seconds(fn, repeats))
+        rows.append({"shape": (m, k, n), "torch": torch_rate,
+                     **{name: 2 * m * k * n / t / 1e9 for name, t in best.items()}})
     return rows
 
 
@@ -138,7 +160,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--matmuls", action="store_true",
                    help="also time single matmuls of the 124M shapes (GFLOP/s, best of blocks)")
+    p.add_argument("--_torch_matmuls", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args._torch_matmuls:
+        print(json.dumps(torch_matmul_rates()))
+        return []
     host_memory.retain_freed_memory()
     if args.matmuls:
         print_matmuls(matmul_rates())
