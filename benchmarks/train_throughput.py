@@ -54,9 +54,8 @@ Methodology
 * MFU = tokens/s x `t5x_like.config.flops_per_token` (6 x matmul params + attention, PaLM
   convention, same number for both; encoder-decoder: `flops_per_token(cfg, Li + Lt, Li)`, a
   row's FLOPs spread over its Li + Lt tokens) / peak. The peak is measured in the same run: the
-  best float32 square-matmul FLOP/s of XLA (`metrics.measure_matmul_peak`, with each CPU matmul
-  library) and of `torch.mm`, at 2048 and 4096; the largest is the single denominator for every
-  row.
+  best float32 square-matmul FLOP/s of XLA (`metrics.measure_matmul_peak`) and of `torch.mm`, at
+  2048 and 4096; the larger of the two is the single denominator for every row.
 """
 
 from __future__ import annotations
@@ -81,6 +80,7 @@ from t5x_like.gin_loader import load_run_config
 from t5x_like.metrics import measure_matmul_peak
 
 DEFAULT_STEPS = {"tiny": 15, "llama_100m": 3, "t5_tiny": 15, "t5_100m": 5}
+PEAK_SIZES = (2048, 4096)
 # Untimed steps first: with `host_memory`, a t5x_like process's heap can still be growing (and
 # faulting in fresh pages) over its first steps; at 124M two warm-up steps were not always enough.
 DEFAULT_WARMUP = {"tiny": 3, "llama_100m": 4, "t5_tiny": 3, "t5_100m": 4}
@@ -89,7 +89,6 @@ DEFAULT_WARMUP = {"tiny": 3, "llama_100m": 4, "t5_tiny": 3, "t5_100m": 4}
 def warmup_steps(name: str, args) -> int:
     """--warmup, or the config's default when it is -1."""
     return DEFAULT_WARMUP.get(name, 3) if args.warmup < 0 else args.warmup
-PEAK_SIZES = (2048, 4096)
 
 
 # ------------------------------------------------------------------------------ shared inputs

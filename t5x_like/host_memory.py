@@ -12,11 +12,11 @@ from the main heap; one arena, because a thread's own arena cannot hold a block 
 would `mmap` it anyway (XLA's worker threads make these allocations); and never trimming the top
 of the heap, so the next step reuses the same, already-mapped pages. What jemalloc or tcmalloc
 would do through LD_PRELOAD, done in-process. The cost: memory freed by the process stays mapped
-to it, and the heap grows, mostly over the first steps, until its free blocks settle into a layout
-the buffers fit. It fragments: now and then a buffer finds no free block that fits, although
-hundreds of MB are free, and lands on fresh pages (a step that faults again). The README's default run
-peaks at 1.86 GB resident instead of 1.41 GB; the test's probe, 108 MB of buffers per call,
-ends with a 650-800 MB heap, mostly free.
+to it, and the heap grows, mostly over the first steps, until its free blocks settle into a
+layout the buffers fit. It fragments: now and then a buffer finds no free block that fits,
+although hundreds of MB are free, and lands on fresh pages (a step that faults again). The
+README's default run peaks at 1.86 GB resident instead of 1.41 GB; the test's probe, 108 MB of
+buffers per call, ends with a 650-800 MB heap, mostly free.
 
 It must run before any thread but the main one allocates (the arena limit is fixed at the first
 allocation of a second thread), so the `t5x-like` command calls it first thing (`cli.entry`, for
