@@ -16,7 +16,8 @@ to it, and the heap grows, mostly over the first steps, until its free blocks se
 layout the buffers fit. It fragments: now and then a buffer finds no free block that fits,
 although hundreds of MB are free, and lands on fresh pages (a step that faults again). The
 README's default run peaks at 1.86 GB resident instead of 1.41 GB; the test's probe, 108 MB of
-buffers per call, ends with a 650-800 MB heap, mostly free.
+buffers per call, ended 80 calls with a 650-800 MB heap, mostly free (`mallinfo2`, in scratch
+runs of the probe).
 
 It must run before any thread but the main one allocates (the arena limit is fixed at the first
 allocation of a second thread), so the `t5x-like` command calls it first thing (`cli.entry`, for
