@@ -31,6 +31,19 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+# Kernels behind `models.ops` (ModelConfig.attention_impl).
+ATTENTION_IMPLS = ("auto", "xla", "cpu", "splash", "gpu_flash")
+# Named activations a remat policy can save (`save_names:...`): every projection's output and
+# the attention kernel's. 'dots' saves the projections.
+PROJECTION_NAMES = ("query_proj", "key_proj", "value_proj", "out_proj", "mlp_gate", "mlp_up",
+                    "mlp_out")
+CHECKPOINT_NAMES = PROJECTION_NAMES + ("context",)
+# jax.checkpoint_policies that take no arguments, by name.
+JAX_REMAT_POLICIES = ("everything_saveable", "nothing_saveable", "dots_saveable",
+                      "checkpoint_dots", "dots_with_no_batch_dims_saveable",
+                      "checkpoint_dots_with_no_batch_dims")
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the reason."""
 
@@ -126,7 +139,16 @@ class ModelConfig(_Validated):
     norm_eps: float = 1e-6  # RMSNorm epsilon
     tie_embeddings: bool = False  # share the input embedding with the output projection
     scan_layers: bool = True  # stack layers and lax.scan over them (fast compiles at depth)
-    remat_policy: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+    # What the backward pass keeps per layer: none (everything: fastest, most memory) | full
+    # (only each layer's input; recompute the layer) | dots (the projections' outputs:
+    # q, k, v, attention out, MLP gate/up/out) | save_names:<a,b,...> (those of
+    # CHECKPOINT_NAMES) | a jax.checkpoint_policies name (e.g. dots_with_no_batch_dims_saveable)
+    remat_policy: str = "none"
+    # Attention kernel (models/ops.py): auto (splash on TPU, gpu_flash on GPU, cpu on CPU) |
+    # xla (the einsum reference) | cpu | splash | gpu_flash
+    attention_impl: str = "auto"
+    attention_block_size: int = 512  # splash: q and kv block length (capped at the sequence)
+    attention_max_segments: int = 64  # gpu_flash: packed segments per row that cuDNN sees
     dtype: str = "float32"  # activation/compute dtype, e.g. bfloat16 on TPU/GPU
     param_dtype: str = "float32"  # storage dtype of the parameters and optimizer moments
 
@@ -144,11 +166,29 @@ class ModelConfig(_Validated):
                       f"must divide num_heads={self.num_heads}")
         self._require(self.head_dim % 2 == 0, "head_dim", "must be even for RoPE")
         self._require(self.rope_theta > 0, "rope_theta", "must be positive")
-        self._require(self.remat_policy in ("none", "full", "dots"), "remat_policy",
-                      "must be one of none, full, dots")
+        self._validate_remat()
+        self._require(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
+                      f"choose one of {ATTENTION_IMPLS}")
+        self._require(self.attention_block_size >= 128 and self.attention_block_size % 128 == 0,
+                      "attention_block_size", "must be a positive multiple of 128")
+        self._require(self.attention_max_segments > 0, "attention_max_segments",
+                      "must be positive")
         for name in ("dtype", "param_dtype"):
             self._require(getattr(self, name) in ("float32", "bfloat16", "float16"), name,
                           "must be float32, bfloat16 or float16")
+
+    def _validate_remat(self):
+        policy = self.remat_policy
+        if policy.startswith("save_names:"):
+            names = [n for n in policy[len("save_names:"):].split(",") if n]
+            unknown = sorted(set(names) - set(CHECKPOINT_NAMES))
+            self._require(bool(names) and not unknown, "remat_policy",
+                          f"unknown names {unknown or '(none given)'}; choose from "
+                          f"{CHECKPOINT_NAMES}")
+            return
+        known = ("none", "full", "dots") + JAX_REMAT_POLICIES
+        self._require(policy in known, "remat_policy",
+                      f"choose one of {known}, or save_names:<a,b,...>")
 
 
 @dataclasses.dataclass(frozen=True)

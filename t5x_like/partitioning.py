@@ -170,6 +170,25 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def active_mesh() -> Mesh | None:
+    """The mesh of the active partitioner context (kernels that run under shard_map need it)."""
+    active = _ACTIVE.get()
+    return None if active is None else active[0]
+
+
+def active_platform() -> str:
+    """Platform the traced computation is for: the active mesh's devices (an AOT compile for a
+    TPU topology runs on a CPU host), else JAX's default backend."""
+    mesh = active_mesh()
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
+def active_spec(names: Sequence[str | None], shape: Sequence[int]) -> PartitionSpec:
+    """PartitionSpec of an activation named logically, under the active context."""
+    mesh, rules = _ACTIVE.get()
+    return logical_to_mesh_spec(names, rules, shape, mesh)
+
+
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     """Sharding of an input batch: batch dimension by the 'batch' rule, the rest replicated."""
     names = ("batch",) + ("length",) * (ndim - 1)

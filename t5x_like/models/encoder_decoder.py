@@ -10,28 +10,24 @@ at 0 in every segment): encoder self-attention stays within a segment and off pa
 self-attention is also causal, and a decoder token cross-attends only to the encoder tokens of
 its own segment. Relative positions are taken from the per-segment positions.
 
-Like the decoder-only model, layers are stacked on a leading 'layers' axis and run with
-`lax.scan`, or kept as a list; remat policies none | full | dots apply per layer.
+Attention and projections run through `ops.Kernels`; the layer stack (scanned or unrolled,
+remat) is `stack`'s. T5's relative bias is an [L, L] input no flash kernel takes, so self-attention
+runs the reference kernel on accelerators (the log says so); cross-attention has no bias and
+takes the platform's kernel.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from t5x_like.config import ModelConfig
-from t5x_like.models.attention import attention_mask
-from t5x_like.models.layers import (MLP, RMSNorm, RelativePositionBias, T5Attention, dense,
-                                    fan_in_init, param)
+from t5x_like.models import stack
+from t5x_like.models.layers import MLP, RMSNorm, RelativePositionBias, T5Attention, fan_in_init, param
+from t5x_like.models.ops import Kernels
 from t5x_like.partitioning import constrain
 
-_REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 _ACTIVATION = ("batch", "length", "embed")
 
 
@@ -44,12 +40,13 @@ def _attention(cfg: ModelConfig, rngs: nnx.Rngs) -> T5Attention:
     return T5Attention(d_model=cfg.d_model, num_heads=cfg.num_heads,
                        num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                        dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                       rngs=rngs)
+                       kernels=Kernels.from_config(cfg), rngs=rngs)
 
 
 def _mlp(cfg: ModelConfig, rngs: nnx.Rngs) -> MLP:
     return MLP(d_model=cfg.d_model, mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,
-               dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+               dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+               kernels=Kernels.from_config(cfg), rngs=rngs)
 
 
 def _relative_bias(cfg: ModelConfig, bidirectional: bool, rngs: nnx.Rngs) -> RelativePositionBias:
@@ -68,9 +65,11 @@ class EncoderLayer(nnx.Module):
         self.mlp_norm = _norm(cfg, rngs)
         self.mlp = _mlp(cfg, rngs)
 
-    def __call__(self, x_BxLxD, mask_Bx1xLxL, bias_BxHxLxL):
+    def __call__(self, x_BxLxD, segment_ids_BxL, bias_BxHxLxL):
         h_BxLxD = self.attention_norm(x_BxLxD)
-        x_BxLxD = x_BxLxD + self.attention(h_BxLxD, h_BxLxD, mask_Bx1xLxL, bias_BxHxLxL)
+        x_BxLxD = x_BxLxD + self.attention(h_BxLxD, h_BxLxD, segment_ids_BxL, segment_ids_BxL,
+                                           causal=False, bias_BxHxLxM=bias_BxHxLxL,
+                                           what="encoder self-attention")
         x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
         return constrain(x_BxLxD, _ACTIVATION)
 
@@ -86,48 +85,19 @@ class DecoderLayer(nnx.Module):
         self.mlp_norm = _norm(cfg, rngs)
         self.mlp = _mlp(cfg, rngs)
 
-    def __call__(self, y_BxMxD, encoded_BxLxD, mask_Bx1xMxM, bias_BxHxMxM, cross_mask_Bx1xMxL):
+    def __call__(self, y_BxMxD, encoded_BxLxD, segment_ids_BxM, bias_BxHxMxM,
+                 encoder_segment_ids_BxL):
         h_BxMxD = self.self_attention_norm(y_BxMxD)
-        y_BxMxD = y_BxMxD + self.self_attention(h_BxMxD, h_BxMxD, mask_Bx1xMxM, bias_BxHxMxM)
+        y_BxMxD = y_BxMxD + self.self_attention(h_BxMxD, h_BxMxD, segment_ids_BxM,
+                                                segment_ids_BxM, causal=True,
+                                                bias_BxHxLxM=bias_BxHxMxM,
+                                                what="decoder self-attention")
         y_BxMxD = y_BxMxD + self.cross_attention(self.cross_attention_norm(y_BxMxD),
-                                                 encoded_BxLxD, cross_mask_Bx1xMxL)
+                                                 encoded_BxLxD, segment_ids_BxM,
+                                                 encoder_segment_ids_BxL, causal=False,
+                                                 what="cross-attention")
         y_BxMxD = y_BxMxD + self.mlp(self.mlp_norm(y_BxMxD))
         return constrain(y_BxMxD, _ACTIVATION)
-
-
-def _make_layers(cfg: ModelConfig, num_layers: int, make: Callable[..., nnx.Module],
-                 rngs: nnx.Rngs):
-    """`num_layers` layers: stacked on a leading 'layers' axis (scan_layers) or a list."""
-    if not cfg.scan_layers:
-        return nnx.List([make(cfg, rngs=rngs) for _ in range(num_layers)])
-
-    @nnx.split_rngs(splits=num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def stacked(rngs: nnx.Rngs):
-        return make(cfg, rngs=rngs)
-
-    return stacked(rngs)
-
-
-def _run_layers(cfg: ModelConfig, layers, x_BxLxD: jax.Array, *args) -> jax.Array:
-    """Apply every layer in turn as layer(x, *args); `args` are shared by all layers."""
-    def apply(layer, x):
-        return layer(x, *args)
-
-    policy = _REMAT_POLICIES.get(cfg.remat_policy)
-    if policy is not None:
-        apply = nnx.remat(apply, policy=policy, prevent_cse=not cfg.scan_layers)
-    if not cfg.scan_layers:
-        for layer in layers:
-            x_BxLxD = apply(layer, x_BxLxD)
-        return x_BxLxD
-    graphdef, stacked_state = nnx.split(layers)
-
-    def body(x, layer_state):
-        return apply(nnx.merge(graphdef, layer_state), x), None
-
-    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, stacked_state)
-    return x_BxLxD
 
 
 class EncoderStack(nnx.Module):
@@ -136,14 +106,13 @@ class EncoderStack(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.relative_bias = _relative_bias(cfg, bidirectional=True, rngs=rngs)
-        self.layers = _make_layers(cfg, cfg.num_encoder_layers or cfg.num_layers, EncoderLayer,
-                                   rngs)
+        self.layers = stack.make_layers(cfg, cfg.num_encoder_layers or cfg.num_layers,
+                                        EncoderLayer, rngs)
         self.final_norm = _norm(cfg, rngs)
 
     def __call__(self, x_BxLxD, segment_ids_BxL, positions_BxL):
-        mask_Bx1xLxL = attention_mask(segment_ids_BxL, segment_ids_BxL, causal=False)
         bias_BxHxLxL = self.relative_bias(positions_BxL, positions_BxL)
-        x_BxLxD = _run_layers(self.cfg, self.layers, x_BxLxD, mask_Bx1xLxL, bias_BxHxLxL)
+        x_BxLxD = stack.run_layers(self.cfg, self.layers, x_BxLxD, segment_ids_BxL, bias_BxHxLxL)
         return self.final_norm(x_BxLxD)
 
 
@@ -153,17 +122,14 @@ class DecoderStack(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.relative_bias = _relative_bias(cfg, bidirectional=False, rngs=rngs)
-        self.layers = _make_layers(cfg, cfg.num_layers, DecoderLayer, rngs)
+        self.layers = stack.make_layers(cfg, cfg.num_layers, DecoderLayer, rngs)
         self.final_norm = _norm(cfg, rngs)
 
     def __call__(self, y_BxMxD, encoded_BxLxD, segment_ids_BxM, positions_BxM,
                  encoder_segment_ids_BxL):
-        mask_Bx1xMxM = attention_mask(segment_ids_BxM, segment_ids_BxM, causal=True)
         bias_BxHxMxM = self.relative_bias(positions_BxM, positions_BxM)
-        cross_mask_Bx1xMxL = attention_mask(segment_ids_BxM, encoder_segment_ids_BxL,
-                                            causal=False)
-        y_BxMxD = _run_layers(self.cfg, self.layers, y_BxMxD, encoded_BxLxD, mask_Bx1xMxM,
-                              bias_BxHxMxM, cross_mask_Bx1xMxL)
+        y_BxMxD = stack.run_layers(self.cfg, self.layers, y_BxMxD, encoded_BxLxD, segment_ids_BxM,
+                                   bias_BxHxMxM, encoder_segment_ids_BxL)
         return self.final_norm(y_BxMxD)
 
 
@@ -186,7 +152,7 @@ class EncoderDecoder(nnx.Module):
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.cfg, self.kernels = cfg, Kernels.from_config(cfg)
         param_dtype = jnp.dtype(cfg.param_dtype)
         # T5X: N(0, 1). Tied logits divide by sqrt(d_model), which brings them back to ~1.
         self.token_embed = param(rngs, nnx.initializers.normal(1.0),
@@ -227,9 +193,9 @@ class EncoderDecoder(nnx.Module):
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_embeddings:
             y_BxMxD = y_BxMxD * jnp.asarray(self.cfg.d_model ** -0.5, dtype)
-            logits_BxMxV = dense(y_BxMxD, self.token_embed[...].astype(dtype).T)
+            logits_BxMxV = self.kernels.dense(y_BxMxD, self.token_embed[...].astype(dtype).T)
         else:
-            logits_BxMxV = dense(y_BxMxD, self.lm_head[...].astype(dtype))
+            logits_BxMxV = self.kernels.dense(y_BxMxD, self.lm_head[...].astype(dtype))
         return constrain(logits_BxMxV.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def __call__(self, encoder_input_tokens_BxL: jax.Array, decoder_input_tokens_BxM: jax.Array,

@@ -19,10 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_like.models.attention import apply_rope, dot_product_attention
+from t5x_like.models.attention import apply_rope
+from t5x_like.models.ops import Kernels
 from t5x_like.partitioning import constrain
 
 Initializer = Callable[..., jax.Array]
+
+
 def param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], names: Sequence[str],
           dtype: jnp.dtype) -> nnx.Param:
     """A parameter with logical axis names, created unsharded (the partitioner shards it)."""
@@ -34,45 +37,6 @@ def fan_in_init(in_axes: int | Sequence[int], out_axes: int | Sequence[int]) -> 
     """Truncated-normal with variance 1/fan_in, fan_in taken over `in_axes` (multi-dim kernels)."""
     return nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
                                              in_axis=in_axes, out_axis=out_axes)
-
-
-def _axes(start: int, stop: int) -> tuple[int, ...]:
-    return tuple(range(start, stop))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def dense(x: jax.Array, kernel: jax.Array, num_in: int = 1) -> jax.Array:
-    """x [..., *in] . kernel [*in, *out] -> [..., *out], contracting the `num_in` last axes of x.
-
-    Every projection goes through this so that its backward pass is written once, here. For the
-    kernel gradient, the sum over the batch and length axes, autodiff hands XLA
-    dot(d_out, x) followed by a transpose, which XLA:CPU lowered by writing the [tokens, out]
-    gradient transposed, fused into the elementwise producer (the SwiGLU backward): strided
-    stores that cost more than the matmul behind them. Here the operand that gets transposed is
-    the smaller of x and d_out.
-    """
-    return jnp.tensordot(x, kernel, axes=(_axes(x.ndim - num_in, x.ndim), _axes(0, num_in)))
-
-
-def _dense_fwd(x, kernel, num_in):
-    return dense(x, kernel, num_in), (x, kernel)
-
-
-def _dense_bwd(num_in, res, d_out):
-    x, kernel = res
-    num_out, num_batch = kernel.ndim - num_in, x.ndim - num_in
-    d_x = jnp.tensordot(d_out, kernel, axes=(_axes(num_batch, d_out.ndim),
-                                             _axes(num_in, kernel.ndim)))
-    batch = _axes(0, num_batch)
-    if x.size <= d_out.size:
-        d_kernel = jnp.tensordot(x, d_out, axes=(batch, batch))
-    else:  # [*out, *in], kept in this order by the barrier (as in attention.py), then flipped
-        d_kernel_t = jax.lax.optimization_barrier(jnp.tensordot(d_out, x, axes=(batch, batch)))
-        d_kernel = d_kernel_t.transpose(_axes(num_out, num_out + num_in) + _axes(0, num_out))
-    return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 class RMSNorm(nnx.Module):
@@ -89,11 +53,11 @@ class RMSNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention with grouped-query key/value heads and RoPE."""
+    """Multi-head causal self-attention with grouped-query key/value heads and RoPE."""
 
     def __init__(self, *, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 rope_theta: float, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.rope_theta, self.dtype = rope_theta, dtype
+                 dtype: jnp.dtype, param_dtype: jnp.dtype, kernels: Kernels, rngs: nnx.Rngs):
+        self.dtype, self.kernels = dtype, kernels
         qkv_init = fan_in_init(0, (1, 2))
         self.query = param(rngs, qkv_init, (d_model, num_heads, head_dim),
                            ("embed", "heads", "head_dim"), param_dtype)
@@ -105,25 +69,18 @@ class Attention(nnx.Module):
                          ("heads", "head_dim", "embed"), param_dtype)
 
     def __call__(self, x_BxLxD: jax.Array, rope: tuple[jax.Array, jax.Array],
-                 mask_Bx1xLxM: jax.Array) -> jax.Array:
-        """`rope` is `attention.rope_tables(positions, head_dim, theta, L)`, shared by layers."""
+                 segment_ids_BxL: jax.Array, prefix_BxL: jax.Array | None = None) -> jax.Array:
+        """`rope` is `kernels.rope(positions, ...)`, shared by the layers; `prefix_BxL` marks a
+        prefix LM's bidirectional inputs."""
         x = x_BxLxD.astype(self.dtype)
-        d_model, heads, head_dim = self.query.shape
-        kv_heads = self.key.shape[1]
-        groups = heads // kv_heads
-        # One matmul for q, k and v (three small ones side by side contend for the same cores).
-        # Query head h = k * G + g sits next to its key/value head k, so a sharded head axis
-        # stays in place; the parameters keep their own layouts.
-        kernel_DxKxG2xE = jnp.concatenate(
-            [self.query[...].reshape(d_model, kv_heads, groups, head_dim),
-             self.key[...][:, :, None], self.value[...][:, :, None]], axis=2).astype(self.dtype)
-        qkv_BxLxKxG2xE = dense(x, kernel_DxKxG2xE)
-        q_BxLxHxE = apply_rope(qkv_BxLxKxG2xE[..., :groups, :].reshape(
-            *x.shape[:-1], heads, head_dim), rope)
-        k_BxLxKxE = apply_rope(qkv_BxLxKxG2xE[..., groups, :], rope)
-        v_BxLxKxE = qkv_BxLxKxG2xE[..., groups + 1, :]
-        out_BxLxHxE = dot_product_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, mask_Bx1xLxM)
-        return dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2)
+        q_BxLxHxE, k_BxLxKxE, v_BxLxKxE = self.kernels.qkv(
+            x, *(w[...].astype(self.dtype) for w in (self.query, self.key, self.value)))
+        out_BxLxHxE = self.kernels.attention(
+            apply_rope(q_BxLxHxE, rope), apply_rope(k_BxLxKxE, rope), v_BxLxKxE,
+            q_segment_ids_BxL=segment_ids_BxL, kv_segment_ids_BxM=segment_ids_BxL, causal=True,
+            prefix_BxL=prefix_BxL)
+        return self.kernels.dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2,
+                                  name="out_proj")
 
 
 MLP_ACTIVATIONS = {
@@ -143,8 +100,8 @@ class MLP(nnx.Module):
     """
 
     def __init__(self, *, d_model: int, mlp_dim: int, activation: str, dtype: jnp.dtype,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.dtype, self.activation = dtype, activation
+                 param_dtype: jnp.dtype, kernels: Kernels, rngs: nnx.Rngs):
+        self.dtype, self.activation, self.kernels = dtype, activation, kernels
         self.gated = activation != "relu"
         # Truncated normal with variance 1/fan_in, as T5X's MlpBlock and the Llama decoder.
         if self.gated:
@@ -159,27 +116,15 @@ class MLP(nnx.Module):
         act = MLP_ACTIVATIONS[self.activation]
         x = x_BxLxD.astype(self.dtype)
         if self.gated:
-            # Two matmuls, one after the other (the barrier orders them). Side by side they
-            # contend for the same cores, and one stacked [D, 2F] matmul runs slower per FLOP
-            # on XLA:CPU than two [D, F] ones in turn: 5% of the tiny step, 6-14% at 124M
-            # (docs/benchmarks.md).
-            gate_BxLxF = dense(x, self.gate[...].astype(self.dtype))
-            x, gate_BxLxF = jax.lax.optimization_barrier((x, gate_BxLxF))
-            hidden_BxLxF = act(gate_BxLxF) * dense(x, self.up[...].astype(self.dtype))
+            gate_BxLxF, up_BxLxF = self.kernels.gate_up(x, self.gate[...].astype(self.dtype),
+                                                        self.up[...].astype(self.dtype))
+            hidden_BxLxF = act(gate_BxLxF) * up_BxLxF
         else:
-            hidden_BxLxF = act(dense(x, self.up[...].astype(self.dtype)))
+            hidden_BxLxF = act(self.kernels.dense(x, self.up[...].astype(self.dtype),
+                                                  name="mlp_up"))
         hidden_BxLxF = constrain(hidden_BxLxF, ("batch", "length", "mlp"))
-        return dense(hidden_BxLxF, self.down[...].astype(self.dtype))
-
-
-class SwiGLU(MLP):
-    """The Llama MLP, `MLP(activation='silu')` (kept for callers of the old name)."""
-
-    def __init__(self, *, d_model: int, mlp_dim: int, dtype: jnp.dtype,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        super().__init__(d_model=d_model, mlp_dim=mlp_dim, activation="silu", dtype=dtype,
-                         param_dtype=param_dtype, rngs=rngs)
-
+        return self.kernels.dense(hidden_BxLxF, self.down[...].astype(self.dtype),
+                                  name="mlp_out")
 
 # --------------------------------------------------------------------------------------------
 # T5: relative position biases and unscaled attention without RoPE.
@@ -259,8 +204,8 @@ class T5Attention(nnx.Module):
     """
 
     def __init__(self, *, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.dtype = dtype
+                 dtype: jnp.dtype, param_dtype: jnp.dtype, kernels: Kernels, rngs: nnx.Rngs):
+        self.dtype, self.kernels = dtype, kernels
         kv_init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0,
                                                     out_axis=(1, 2))
         query_init = nnx.initializers.variance_scaling(1.0 / head_dim, "fan_in", "normal",
@@ -276,12 +221,16 @@ class T5Attention(nnx.Module):
         self.out = param(rngs, out_init, (num_heads, head_dim, d_model),
                          ("heads", "head_dim", "embed"), param_dtype)
 
-    def __call__(self, x_BxLxD: jax.Array, kv_BxMxD: jax.Array, mask_Bx1xLxM: jax.Array,
-                 bias_BxHxLxM: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x_BxLxD: jax.Array, kv_BxMxD: jax.Array, q_segment_ids_BxL: jax.Array,
+                 kv_segment_ids_BxM: jax.Array, *, causal: bool,
+                 bias_BxHxLxM: jax.Array | None = None, what: str = "attention") -> jax.Array:
         x, kv = x_BxLxD.astype(self.dtype), kv_BxMxD.astype(self.dtype)
-        q_BxLxHxE = dense(x, self.query[...].astype(self.dtype))
-        k_BxMxKxE = dense(kv, self.key[...].astype(self.dtype))
-        v_BxMxKxE = dense(kv, self.value[...].astype(self.dtype))
-        out_BxLxHxE = dot_product_attention(q_BxLxHxE, k_BxMxKxE, v_BxMxKxE, mask_Bx1xLxM,
-                                            bias_BxHxLxM, scale=1.0)
-        return dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2)
+        q_BxLxHxE = self.kernels.dense(x, self.query[...].astype(self.dtype), name="query_proj")
+        k_BxMxKxE = self.kernels.dense(kv, self.key[...].astype(self.dtype), name="key_proj")
+        v_BxMxKxE = self.kernels.dense(kv, self.value[...].astype(self.dtype), name="value_proj")
+        out_BxLxHxE = self.kernels.attention(
+            q_BxLxHxE, k_BxMxKxE, v_BxMxKxE, q_segment_ids_BxL=q_segment_ids_BxL,
+            kv_segment_ids_BxM=kv_segment_ids_BxM, causal=causal, bias_BxHxLxM=bias_BxHxLxM,
+            scale=1.0, what=what)
+        return self.kernels.dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2,
+                                  name="out_proj")
