@@ -56,7 +56,10 @@ def make_mesh(ici_shape: Sequence[int], dcn_shape: Sequence[int] = (1, 1, 1),
         grid = (np.array(by_process).reshape(tuple(dcn) + tuple(ici))
                 .transpose(0, 3, 1, 4, 2, 5).reshape(tuple(d * i for d, i in zip(dcn, ici))))
     else:
-        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+        # Splitting a physical axis (a 16x16 slice as fsdp=128 x data=2, say) is as fine per
+        # slice as it is for one slice; without it such meshes fail to lay out.
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices,
+                                                    allow_split_physical_axes=True)
     return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
@@ -66,10 +69,15 @@ def _has_slices(devices: Sequence[jax.Device]) -> bool:
 
 
 def _num_slices(devices: Sequence[jax.Device]) -> int:
-    """TPU slices; where devices carry no slice (GPU, CPU), the processes stand in for them."""
-    if not _has_slices(devices):
-        return len({d.process_index for d in devices})
-    return len({d.slice_index for d in devices})
+    """TPU slices; where devices carry no slice (GPU, CPU), the processes stand in for them.
+
+    A TPU device without a slice index is in the only slice: a single-slice topology's devices
+    (an AOT compile for v5e-256, 64 hosts of 4 chips) have none, and counting their processes
+    instead would split one ICI-connected slice into 64 data-parallel "slices" by host.
+    """
+    if devices[0].platform == "tpu":
+        return len({getattr(d, "slice_index", None) or 0 for d in devices})
+    return len({d.process_index for d in devices})
 
 
 def logical_to_mesh_spec(names: Sequence[str | None], rules: Rules,

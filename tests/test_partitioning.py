@@ -1,5 +1,7 @@
 """Mesh construction and logical-to-mesh sharding rules (8 fake CPU devices)."""
 
+import importlib.util
+
 import jax
 import numpy as np
 import pytest
@@ -53,3 +55,31 @@ def test_global_batch_is_sharded_over_data_and_fsdp():
     assert batch["x"].sharding.spec == P(("data", "fsdp"), None)
     assert len(batch["x"].addressable_shards) == 8 and partitioner.data_parallel_size == 8
     np.testing.assert_array_equal(jax.device_get(batch["x"]), np.arange(64).reshape(16, 4))
+
+
+# TPU topologies that exist only as descriptions (libtpu's AOT API): the same device objects a
+# TPU pod's processes see, on this CPU host.
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason='libtpu is not installed: pip install -e ".[tpu]"')
+
+
+@needs_libtpu
+def test_a_single_tpu_slice_is_one_slice_however_many_hosts():
+    from t5x_like.aot import topology_devices
+    devices = topology_devices("v5e-16")  # 4 hosts of 4 chips, no slice index on the devices
+    assert len({d.process_index for d in devices}) == 4
+    mesh = make_mesh(MeshConfig().ici_shape, MeshConfig().dcn_shape, devices=devices)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 16, "tensor": 1}
+
+
+@needs_libtpu
+def test_tpu_slices_are_the_dcn_data_axis():
+    from t5x_like.aot import topology_devices
+    devices = topology_devices("v5e-4", num_slices=2)
+    mesh = make_mesh(MeshConfig().ici_shape, MeshConfig().dcn_shape, devices=devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    assert (slices[0] == 0).all() and (slices[1] == 1).all()
+    # A physical axis split within each slice (4x4 chips as fsdp=8 x tensor=2) lays out too.
+    mesh = make_mesh((1, 8, 2), (2, 1, 1), devices=topology_devices("v5e-16", num_slices=2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 8, "tensor": 2}
