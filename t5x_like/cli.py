@@ -7,6 +7,7 @@
     t5x-like generate --model_dir=/tmp/run "def fibonacci(n):"
     t5x-like convert --from hf --to t5x_like ./t5-v1_1-base /tmp/t5base   # see docs/convert.md
     t5x-like inspect /tmp/run
+    t5x-like compile --topology=v5e-256 --gin_file=runs/llama3_8b_fsdp.gin   # fits? (needs libtpu)
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--metadata", choices=("none", "true", "wrong"), default="none",
                              help="MeCo models: evaluate the documents behind their own "
                                   "metadata prefix (true), another's (wrong), or none")
+    comp = sub.add_parser("compile", help="compile the train step ahead of time for a TPU "
+                          "topology on this host: HBM, FLOPs and collectives per chip",
+                          epilog="Any --gin.KEY=VALUE sets a gin macro or binding.")
+    comp.add_argument("--gin_file", action="append", default=[],
+                      help="gin file (repeatable), as for train. Default: runs/pretrain.gin")
+    comp.add_argument("--topology", required=True,
+                      help="MaxText's name: v5e-N, v6e-N (N chips), v4-N, v5p-N (N cores)")
+    comp.add_argument("--num_slices", type=int, default=1, help="slices joined over DCN")
+    comp.add_argument("--json", action="store_true", help="also print the report as JSON")
+    comp.add_argument("--dump_hlo", default="", metavar="FILE",
+                      help="write the compiled per-chip HLO text (what the counts are read from)")
     from t5x_like.data import tokenizer_cli
     tokenizer_cli.add_parser(sub)
     from t5x_like.convert import cli as convert_cli
@@ -136,6 +148,29 @@ def cmd_eval(args, flags) -> int:
     return 0
 
 
+def cmd_compile(args, flags) -> int:
+    """Print what the TPU compiler says about the train step on a topology; exit 2 on OOM.
+
+    No process group, no MODEL_DIR, no data: only shapes and the compiler."""
+    import jax
+    if "JAX_PLATFORMS" not in os.environ:
+        # Run on the CPU backend: a TPU VM's chips stay free for the job they belong to, and a
+        # host without TPUs skips libtpu's attempt to find some. The topology still compiles.
+        jax.config.update("jax_platforms", "cpu")
+    from t5x_like import aot
+    cfg = _load(args, flags)
+    try:
+        report = aot.compile_for_topology(cfg, args.topology, args.num_slices,
+                                          hlo_path=args.dump_hlo or None)
+    except aot.CompileOOMError as e:
+        print(f"t5x-like: compile: out of memory: {e}", file=sys.stderr)
+        return 2
+    print(aot.format_report(report))
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    return 0
+
+
 def _metadata_prefix(cfg, tokenizer, value: str | None) -> list[int]:
     """Token ids of MeCo's prefix for `value` (tokenized apart from the prompt, as in training)."""
     if value is None:
@@ -202,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         from t5x_like.convert import cli as convert_cli
         command = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                    "prepare": cmd_prepare, "convert": convert_cli.cmd_convert,
-                   "inspect": convert_cli.cmd_inspect}[args.command]
+                   "inspect": convert_cli.cmd_inspect, "compile": cmd_compile}[args.command]
         return command(args, flags)
     except ConfigError as e:
         print(f"t5x-like: configuration error: {e}", file=sys.stderr)
