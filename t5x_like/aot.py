@@ -206,7 +206,7 @@ def fsdp_ideal_bytes(cfg: RunConfig, layout: state_lib.StateLayout, mesh) -> tup
     return 2 * share * gathered, share * scattered
 
 
-def _oom_error(error: Exception, cfg: RunConfig, topo: Topology) -> CompileOOMError:
+def _oom_error(error: Exception, cfg: RunConfig, topo: Topology, mesh) -> CompileOOMError:
     """The compiler's own account of the shortfall, then what to change."""
     lines = [ln.rstrip() for ln in str(error).splitlines() if ln.strip()][:30]
     available = re.search(r"available HBM \(([^)]+)\)|of ([\d.]+[KMGT]?) hbm", str(error))
@@ -217,8 +217,8 @@ def _oom_error(error: Exception, cfg: RunConfig, topo: Topology) -> CompileOOMEr
              if m.remat_policy != "full" else None,
              f"a smaller TrainConfig.batch_size (now {t.batch_size}) or more "
              f"TrainConfig.grad_accum_steps (now {t.grad_accum_steps})",
-             f"more fsdp: MeshConfig.ici_fsdp / dcn_fsdp (now ici (data, fsdp, tensor) "
-             f"{cfg.mesh.ici_shape}, dcn {cfg.mesh.dcn_shape})",
+             f"more fsdp: MeshConfig.ici_fsdp / dcn_fsdp (now {dict(mesh.shape)})"
+             if mesh.shape["fsdp"] < mesh.size else None,
              f"a shorter TASK_FEATURE_LENGTHS (now {cfg.data.task_feature_lengths})",
              "a bigger topology"]
     return CompileOOMError(
@@ -252,7 +252,7 @@ def compile_for_topology(cfg: RunConfig, topology_name: str, num_slices: int = 1
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" in str(e) or "exceeds available HBM" in str(e):
-            raise _oom_error(e, cfg, topo) from None
+            raise _oom_error(e, cfg, topo, mesh) from None
         raise
     seconds = time.perf_counter() - start
     if hlo_path:
@@ -269,7 +269,7 @@ def _report(cfg: RunConfig, topo: Topology, num_slices: int, mesh, layout, compi
                     mem.generated_code_size_in_bytes)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    counts = hlo_collectives.count_collectives(compiled.as_text(), mesh.size)
+    counts = hlo_collectives.count_collectives(compiled.as_text(), mesh.size, num_slices)
     ideal_gather, ideal_scatter = fsdp_ideal_bytes(cfg, layout, mesh)
     tokens = cfg.train.batch_size * cfg.data.seq_len
     model_flops = flops_per_token(cfg.model, cfg.data.seq_len,
@@ -323,14 +323,15 @@ def format_report(report: CompileReport) -> str:
     mesh = " ".join(f"{k}={v}" for k, v in r.mesh.items())
     lines = [f"train step on {r.topology} x {r.num_slices} slice(s): {r.chips} chips "
              f"({r.device_kind}), mesh {mesh}, batch {r.batch_size} x {r.seq_len} tokens",
-             f"compile time                       {r.compile_seconds:7.1f} s",
+             f"trace + compile time               {r.compile_seconds:7.1f} s",
              "memory per chip",
              f"  arguments                        {_bytes(m.argument)}",
              f"  outputs                          {_bytes(m.output)}",
              f"  aliased (donated state)          {_bytes(m.alias)}",
              f"  temporaries                      {_bytes(m.temp)}",
-             f"  total = arg + out - alias + temp {_bytes(m.total)}  {100 * r.hbm_fraction:5.1f}% of "
-             f"{r.usable_hbm_bytes / GIB:.2f} GiB usable HBM ({r.hbm_bytes / GIB:.0f} GiB HBM)",
+             f"  total = arg + out - alias + temp {_bytes(m.total)}  "
+             f"{100 * r.hbm_fraction:5.1f}% of {r.usable_hbm_bytes / GIB:.2f} GiB usable HBM "
+             f"({r.hbm_bytes / GIB:.0f} GiB HBM)",
              "FLOPs per chip per step",
              f"  compiler cost model              {_flops(r.flops_per_chip)}",
              f"  model (6N + attention, no remat) {_flops(r.model_flops_per_chip)}",
@@ -350,6 +351,6 @@ def format_report(report: CompileReport) -> str:
         op = re.sub(r"^jit\([^)]*\)/", "", c.op_name) or "?"
         shape = c.shape if len(c.shape) <= 40 else c.shape[:37] + "..."
         lines.append(f"  {c.kind:<18} {_bytes(c.traffic_bytes)} {c.runs:4d} x {c.group:<4d} "
-                     f"{shape:<40} {op if len(op) <= 60 else '...' + op[-57:]}")
+                     f"{shape:<40} {op if len(op) <= 60 else op[:22] + '...' + op[-35:]}")
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)

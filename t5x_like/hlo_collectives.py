@@ -18,6 +18,9 @@ all-gather, reduce-scatter, all-reduce, all-to-all and collective-permute, synch
   so a collective in a branch is counted as if that branch always ran.
 - TPU's async collective fusions copy one collective into several fused computations (its
   start, the compute it overlaps, its done); copies share a `channel_id` and count once.
+- Across TPU slices the program holds no collective: a DCN all-reduce is a pair of megascale
+  host transfers (`send`/`recv` with `_xla_megascale_reduce_operation`). Each send counts as
+  a `dcn-all-reduce` of its payload, its traffic 2(S-1)/S of it over S slices.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import math
 import re
 from typing import Iterator
 
-KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute",
+         "dcn-all-reduce")
 _OPCODES = {k: k for k in KINDS} | {f"{k}-start": k for k in KINDS} | {
     "ragged-all-to-all": "all-to-all"}
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
@@ -243,8 +247,17 @@ def group_size(instr: Instruction, num_devices: int) -> int:
     return num_devices
 
 
+def _kind(instr: Instruction) -> str | None:
+    if instr.opcode == "send" and "_xla_megascale_reduce_operation" in instr.text:
+        return "dcn-all-reduce"
+    return _OPCODES.get(instr.opcode)
+
+
 def _collective_bytes(instr: Instruction, kind: str) -> float:
-    """Result bytes; a -start op's tuple holds its operands first, its results second."""
+    """Result bytes; a -start op's tuple holds its operands first, its results second, and a
+    send's its payload first (then a context and a token)."""
+    if kind == "dcn-all-reduce":
+        return array_bytes(tuple_elements(instr.shape)[0])
     if instr.opcode.endswith("-start") and kind in ("all-gather", "collective-permute"):
         elements = tuple_elements(instr.shape)
         if len(elements) >= 2:
@@ -257,7 +270,7 @@ def _traffic(kind: str, result: float, n: int) -> float:
         return 0.0
     return {"all-gather": result * (n - 1) / n, "all-to-all": result * (n - 1) / n,
             "reduce-scatter": result * (n - 1), "all-reduce": 2 * result * (n - 1) / n,
-            "collective-permute": result}[kind]
+            "collective-permute": result, "dcn-all-reduce": 2 * result * (n - 1) / n}[kind]
 
 
 def _describe(instr: Instruction, kind: str, group: int, runs: int,
@@ -268,19 +281,20 @@ def _describe(instr: Instruction, kind: str, group: int, runs: int,
                       op_name.group(1) if op_name else "")
 
 
-def count_collectives(hlo_text: str, num_devices: int, top: int = 10) -> CollectiveCounts:
+def count_collectives(hlo_text: str, num_devices: int, num_slices: int = 1,
+                      top: int = 10) -> CollectiveCounts:
     """Collectives per step of one chip's compiled program, by kind (see the module doc), and
-    the `top` costliest ones."""
+    the `top` costliest ones; `num_devices` chips in all, in `num_slices` slices."""
     computations, entry = parse_module(hlo_text)
     runs, trips = multiplicities(computations, entry)
     found: dict[object, tuple[float, Collective]] = {}
     for name, comp in computations.items():
         for instr in comp.instructions:
-            kind = _OPCODES.get(instr.opcode)
+            kind = _kind(instr)
             if kind is None or not runs.get(name):
                 continue
             result = _collective_bytes(instr, kind)
-            group = group_size(instr, num_devices)
+            group = num_slices if kind == "dcn-all-reduce" else group_size(instr, num_devices)
             op = _describe(instr, kind, group, runs[name], _traffic(kind, result, group))
             channel = re.search(r"\bchannel_id=(\d+)", instr.text)
             key = ("channel", channel.group(1)) if channel else (name, instr.name)

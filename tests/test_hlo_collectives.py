@@ -101,3 +101,16 @@ def test_a_loop_without_a_readable_bound_counts_once_and_is_named():
 def test_a_known_trip_count_wins_over_the_condition():
     text = MODULE.replace("body=%body", 'body=%body, backend_config={"known_trip_count":{"n":"5"}}')
     assert hc.count_collectives(text, 8).ops["reduce-scatter"] == 5
+
+
+def test_a_cross_slice_all_reduce_is_a_megascale_send():
+    send = ('  %send.1 = (f32[4,8,128]{2,1,0:T(8,128)}, u32[], token[]) send(%y, %tok), '
+            'channel_id=9, is_host_transfer=true, frontend_attributes={_xla_host_transfer_'
+            'handler_name="xla_megascale_runtime",_xla_megascale_reduce_operation="SUM"}\n'
+            '  %recv.1 = (f32[4,8,128]{2,1,0}, u32[], token[]) recv(%tok), channel_id=8, '
+            'is_host_transfer=true, frontend_attributes={_xla_megascale_reduce_operation="SUM"}\n')
+    text = MODULE.replace("  ROOT %out =", send + "  ROOT %out =")
+    counts = hc.count_collectives(text, num_devices=8, num_slices=2)
+    assert counts.ops["dcn-all-reduce"] == 1  # the send; its recv is the same transfer
+    assert counts.result_bytes["dcn-all-reduce"] == 4 * 8 * 128 * 4
+    assert counts.traffic_bytes["dcn-all-reduce"] == 4 * 8 * 128 * 4  # 2(S-1)/S, S = 2
