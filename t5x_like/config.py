@@ -449,6 +449,10 @@ class TrainConfig(_Validated):
     batch_size: int = 16  # global batch, in packed rows
     grad_accum_steps: int = 1  # micro-batches per step; divides batch_size
     z_loss: float = 1e-4  # weight of log(Z)^2, keeps the softmax normalizer near 1
+    # The loss takes the logits this many pieces of the row at a time, recomputing each in the
+    # backward pass: the [B, L, V] float32 logits never exist whole (large vocabularies at long
+    # lengths). Divides the decoder length.
+    loss_chunks: int = 1
     seed: int = 0  # parameter initialization
     log_every: int = 10  # steps between metric lines
     eval_every: int = 100  # steps between eval passes; 0 = only at the end
@@ -465,6 +469,7 @@ class TrainConfig(_Validated):
                       "grad_accum_steps", f"must be positive and divide batch_size="
                                           f"{self.batch_size}")
         self._require(self.z_loss >= 0, "z_loss", "must be >= 0")
+        self._require(self.loss_chunks > 0, "loss_chunks", "must be positive")
         for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
             self._require(getattr(self, name) > 0, name, "must be positive")
         self._require(self.eval_every >= 0, "eval_every", "must be >= 0")
@@ -495,6 +500,11 @@ class RunConfig(_Validated):
                 f"{self.data.cooldown_mixture_or_task_name!r} is MeCo's cooldown source, but "
                 f"ObjectiveConfig.metadata_field is empty (no metadata stage, so no cooldown): "
                 f"set the field or clear the cooldown source")
+        decoder_len = lengths["targets"] if self.model.architecture == "encoder_decoder" \
+            else self.data.seq_len
+        if decoder_len % self.train.loss_chunks:
+            raise ConfigError(f"TrainConfig.loss_chunks = {self.train.loss_chunks} must divide "
+                              f"the decoder's row length {decoder_len}")
         warmup, steps = self.optimizer.warmup_steps, self.schedule_steps
         if self.optimizer.schedule != "rsqrt" and warmup >= steps:
             raise ConfigError(f"OptimizerConfig.warmup_steps = {warmup}: must be below the "

@@ -47,25 +47,59 @@ def cross_entropy_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_
     }
 
 
-def model_logits(model: nnx.Module, batch: Batch) -> jax.Array:
-    """Decoder logits [B, L, V] of either architecture, chosen by the batch's features."""
+def model_hidden(model: nnx.Module, batch: Batch) -> jax.Array:
+    """Final hidden states [B, L, D] of either architecture (chosen by the batch's features),
+    which `model.logits` projects onto the vocabulary."""
     if "encoder_input_tokens" in batch:
-        return model(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                     batch["encoder_segment_ids"], batch["decoder_segment_ids"],
-                     batch["encoder_positions"], batch["decoder_positions"])
-    if "decoder_causal_attention" in batch:
-        return model(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
-                     batch["decoder_positions"], batch["decoder_causal_attention"])
-    return model(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
-                 batch["decoder_positions"])
+        return model.hidden(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                            batch["encoder_segment_ids"], batch["decoder_segment_ids"],
+                            batch["encoder_positions"], batch["decoder_positions"])
+    return model.hidden(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+                        batch["decoder_positions"], batch.get("decoder_causal_attention"))
 
 
-def forward_sums(params: Any, graphdef: nnx.GraphDef, batch: Batch,
-                 z_loss: float) -> dict[str, jax.Array]:
+def model_logits(model: nnx.Module, batch: Batch) -> jax.Array:
+    """Decoder logits [B, L, V] of either architecture."""
+    return model.logits(model_hidden(model, batch))
+
+
+def chunked_loss_sums(logits_fn: Callable, hidden_BxLxD: jax.Array, targets_BxL: jax.Array,
+                      weights_BxL: jax.Array, z_loss: float, chunks: int
+                      ) -> dict[str, jax.Array]:
+    """`cross_entropy_sums` of logits_fn(hidden), `chunks` pieces of the length at a time.
+
+    Each piece's logits are recomputed in the backward pass (jax.checkpoint), so the float32
+    [B, L, V] logits and their gradient never exist whole: at 8k tokens x 128k vocabulary that
+    is 4 GB a row, the largest buffer of the step.
+    """
+    if chunks == 1:
+        return cross_entropy_sums(logits_fn(hidden_BxLxD), targets_BxL, weights_BxL, z_loss)
+    batch, length = targets_BxL.shape
+
+    def split(x):  # [B, L, ...] -> [chunks, B, L / chunks, ...]
+        return jnp.moveaxis(x.reshape(batch, chunks, length // chunks, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def piece(h, t, w):
+        return cross_entropy_sums(logits_fn(h), t, w, z_loss)
+
+    def body(total, xs):
+        return jax.tree.map(jnp.add, total, piece(*xs)), None
+
+    zeros = {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct",
+                                                      "weight")}
+    total, _ = jax.lax.scan(body, zeros, (split(hidden_BxLxD), split(targets_BxL),
+                                          split(weights_BxL)))
+    return total
+
+
+def forward_sums(params: Any, graphdef: nnx.GraphDef, batch: Batch, z_loss: float,
+                 loss_chunks: int = 1) -> dict[str, jax.Array]:
     """Run the model on a packed batch and return the loss sums of `cross_entropy_sums`."""
-    logits_BxLxV = model_logits(nnx.merge(graphdef, params), batch)
-    return cross_entropy_sums(logits_BxLxV, batch["decoder_target_tokens"],
-                              batch["decoder_loss_weights"], z_loss)
+    model = nnx.merge(graphdef, params)
+    return chunked_loss_sums(model.logits, model_hidden(model, batch),
+                             batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                             z_loss, loss_chunks)
 
 
 def _micro_batches(batch: Batch, num: int) -> Batch:
@@ -74,14 +108,15 @@ def _micro_batches(batch: Batch, num: int) -> Batch:
 
 
 def accumulated_grads(params: Any, graphdef: nnx.GraphDef, batch: Batch, *, z_loss: float,
-                      grad_accum_steps: int) -> tuple[Any, dict[str, jax.Array]]:
+                      grad_accum_steps: int, loss_chunks: int = 1
+                      ) -> tuple[Any, dict[str, jax.Array]]:
     """Gradient of the summed loss over `grad_accum_steps` sequential micro-batches, and sums.
 
     Summing first and normalizing once by the total weight makes accumulation exactly the
     full-batch gradient, however the loss weights are spread across micro-batches.
     """
     def summed_loss(p, micro):
-        sums = forward_sums(p, graphdef, micro, z_loss)
+        sums = forward_sums(p, graphdef, micro, z_loss, loss_chunks)
         return sums["cross_entropy"] + sums["z_loss"], sums
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
@@ -102,7 +137,8 @@ def accumulated_grads(params: Any, graphdef: nnx.GraphDef, batch: Batch, *, z_lo
 
 def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: Callable, z_loss: float,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               grad_accum_steps: int = 1, loss_chunks: int = 1
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. A non-finite loss or gradient leaves the state untouched.
 
     Skipping the update (rather than applying NaNs) means the state the trainer may checkpoint is
@@ -113,7 +149,7 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef,
     for the same reason `param_norm` is the norm after the update.
     """
     grads, sums = accumulated_grads(state["params"], graphdef, batch, z_loss=z_loss,
-                                    grad_accum_steps=grad_accum_steps)
+                                    grad_accum_steps=grad_accum_steps, loss_chunks=loss_chunks)
     denom = jnp.maximum(sums["weight"], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     loss = (sums["cross_entropy"] + sums["z_loss"]) / denom

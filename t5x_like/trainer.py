@@ -58,7 +58,8 @@ def lower_train_step(cfg: RunConfig, layout: state_lib.StateLayout, partitioner:
     shardings = layout.shardings
     train_fn = functools.partial(step_lib.train_step, graphdef=layout.graphdef, tx=tx,
                                  schedule=schedule, z_loss=cfg.train.z_loss,
-                                 grad_accum_steps=cfg.train.grad_accum_steps)
+                                 grad_accum_steps=cfg.train.grad_accum_steps,
+                                 loss_chunks=cfg.train.loss_chunks)
     batch_sharding = partitioner.batch_sharding
     batch = _global_shapes(example_batch, cfg.train.batch_size, batch_sharding)
     with partitioner.activation_context():  # models' sharding constraints apply while tracing

@@ -83,6 +83,19 @@ def test_gradient_accumulation_equals_full_batch(setup):
         assert float(jnp.abs(a - b).max()) <= 1e-4 * float(jnp.abs(a).max())
 
 
+def test_chunked_loss_equals_the_whole_row_with_gradients(setup):
+    """TrainConfig.loss_chunks: the same sums and gradients, logits taken a piece at a time."""
+    state, batch, fn = setup
+    graphdef = fn.keywords["graphdef"]
+    grads = {n: jax.jit(lambda p, b, n=n: step.accumulated_grads(
+        p, graphdef, b, z_loss=1e-4, grad_accum_steps=1, loss_chunks=n))(state["params"], batch)
+        for n in (1, 4)}
+    for key, value in grads[1][1].items():
+        assert float(grads[4][1][key]) == pytest.approx(float(value), rel=1e-5), key
+    for a, b in zip(jax.tree.leaves(grads[1][0]), jax.tree.leaves(grads[4][0])):
+        assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(a).max())
+
+
 def test_non_finite_loss_leaves_state_untouched(setup):
     state, batch, fn = setup
     poisoned = jax.tree.map(lambda x: x, state)

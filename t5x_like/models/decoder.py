@@ -64,13 +64,24 @@ class Decoder(nnx.Module):
         `causal_attention_BxL` (prefix LM, seqio's decoder_causal_attention): positions flagged 1
         also attend bidirectionally to each other within their segment.
         """
+        return self.logits(self.hidden(input_tokens_BxL, segment_ids_BxL, positions_BxL,
+                                       causal_attention_BxL))
+
+    def hidden(self, input_tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
+               positions_BxL: jax.Array, causal_attention_BxL: jax.Array | None = None
+               ) -> jax.Array:
+        """The final-normed hidden states [B, L, D] that `logits` projects."""
         dtype = jnp.dtype(self.cfg.dtype)
         x_BxLxD = jnp.take(self.token_embed[...], input_tokens_BxL, axis=0).astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
         rope = self.kernels.rope(positions_BxL, self.cfg.head_dim, self.cfg.rope_theta)
         x_BxLxD = stack.run_layers(self.cfg, self.layers, x_BxLxD, rope, segment_ids_BxL,
                                    causal_attention_BxL)
-        x_BxLxD = self.final_norm(x_BxLxD)
+        return self.final_norm(x_BxLxD)
+
+    def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+        """Float32 logits [B, L, V] of hidden states (any L: the loss may take them in chunks)."""
+        dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_embeddings:
             logits_BxLxV = self.kernels.dense(x_BxLxD, self.token_embed[...].astype(dtype).T)
         else:

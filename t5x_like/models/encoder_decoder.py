@@ -185,11 +185,20 @@ class EncoderDecoder(nnx.Module):
         `encoder_segment_ids_BxL` must be those given to `encode`: they tell which encoder tokens
         each decoder token may attend to (padding is segment 0).
         """
+        return self.logits(self._decode_hidden(encoded_BxLxD, decoder_input_tokens_BxM,
+                                               encoder_segment_ids_BxL, decoder_segment_ids_BxM,
+                                               decoder_positions_BxM))
+
+    def _decode_hidden(self, encoded_BxLxD, decoder_input_tokens_BxM, encoder_segment_ids_BxL,
+                       decoder_segment_ids_BxM, decoder_positions_BxM):
         encoder_segment_ids_BxL, _ = _packing(encoded_BxLxD, encoder_segment_ids_BxL, None)
         segment_ids_BxM, positions_BxM = _packing(
             decoder_input_tokens_BxM, decoder_segment_ids_BxM, decoder_positions_BxM)
-        y_BxMxD = self.decoder(self._embed(decoder_input_tokens_BxM), encoded_BxLxD,
-                               segment_ids_BxM, positions_BxM, encoder_segment_ids_BxL)
+        return self.decoder(self._embed(decoder_input_tokens_BxM), encoded_BxLxD,
+                            segment_ids_BxM, positions_BxM, encoder_segment_ids_BxL)
+
+    def logits(self, y_BxMxD: jax.Array) -> jax.Array:
+        """Float32 logits [B, M, V] of the decoder's final-normed hidden states (any M)."""
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_embeddings:
             y_BxMxD = y_BxMxD * jnp.asarray(self.cfg.d_model ** -0.5, dtype)
@@ -205,9 +214,18 @@ class EncoderDecoder(nnx.Module):
                  decoder_positions_BxM: jax.Array | None = None) -> jax.Array:
         """Logits [B, M, V] in float32 for teacher-forced decoder inputs (targets shifted right
         within each segment). Segment ids 0 mark padding; None ids/positions = one segment."""
+        return self.logits(self.hidden(encoder_input_tokens_BxL, decoder_input_tokens_BxM,
+                                       encoder_segment_ids_BxL, decoder_segment_ids_BxM,
+                                       encoder_positions_BxL, decoder_positions_BxM))
+
+    def hidden(self, encoder_input_tokens_BxL, decoder_input_tokens_BxM,
+               encoder_segment_ids_BxL=None, decoder_segment_ids_BxM=None,
+               encoder_positions_BxL=None, decoder_positions_BxM=None) -> jax.Array:
+        """The decoder's final-normed hidden states [B, M, D] that `logits` projects."""
         encoder_segment_ids_BxL, _ = _packing(encoder_input_tokens_BxL, encoder_segment_ids_BxL,
                                               None)
         encoded_BxLxD = self.encode(encoder_input_tokens_BxL, encoder_segment_ids_BxL,
                                     encoder_positions_BxL)
-        return self.decode(encoded_BxLxD, decoder_input_tokens_BxM, encoder_segment_ids_BxL,
-                           decoder_segment_ids_BxM, decoder_positions_BxM)
+        return self._decode_hidden(encoded_BxLxD, decoder_input_tokens_BxM,
+                                   encoder_segment_ids_BxL, decoder_segment_ids_BxM,
+                                   decoder_positions_BxM)
