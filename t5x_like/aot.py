@@ -240,10 +240,7 @@ def compile_for_topology(cfg: RunConfig, topology_name: str, num_slices: int = 1
     devices = topology_devices(topology_name, num_slices)
     mesh = make_mesh(cfg.mesh.ici_shape, cfg.mesh.dcn_shape, devices=devices)
     partitioner = Partitioner(mesh, cfg.mesh.logical_axis_rules)
-    if cfg.train.batch_size % partitioner.data_parallel_size:
-        raise ConfigError(f"TrainConfig.batch_size = {cfg.train.batch_size} must divide by the "
-                          f"mesh's data-parallel size {partitioner.data_parallel_size} "
-                          f"({partitioner.describe()})")
+    trainer.check_batch_size(cfg, partitioner)
     tx, schedule = optim.make_optimizer(cfg.optimizer, cfg.schedule_steps)
     layout = state_lib.state_layout(trainer.default_model_factory(cfg), tx, partitioner)
     start = time.perf_counter()

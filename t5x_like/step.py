@@ -47,6 +47,12 @@ def cross_entropy_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_
     }
 
 
+def _zero_sums() -> dict[str, jax.Array]:
+    """`cross_entropy_sums`' terms at zero: the start of a sum over pieces or micro-batches."""
+    return {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct",
+                                                     "weight")}
+
+
 def model_hidden(model: nnx.Module, batch: Batch) -> jax.Array:
     """Final hidden states [B, L, D] of either architecture (chosen by the batch's features),
     which `model.logits` projects onto the vocabulary."""
@@ -56,11 +62,6 @@ def model_hidden(model: nnx.Module, batch: Batch) -> jax.Array:
                             batch["encoder_positions"], batch["decoder_positions"])
     return model.hidden(batch["decoder_input_tokens"], batch["decoder_segment_ids"],
                         batch["decoder_positions"], batch.get("decoder_causal_attention"))
-
-
-def model_logits(model: nnx.Module, batch: Batch) -> jax.Array:
-    """Decoder logits [B, L, V] of either architecture."""
-    return model.logits(model_hidden(model, batch))
 
 
 def chunked_loss_sums(logits_fn: Callable, hidden_BxLxD: jax.Array, targets_BxL: jax.Array,
@@ -86,10 +87,8 @@ def chunked_loss_sums(logits_fn: Callable, hidden_BxLxD: jax.Array, targets_BxL:
     def body(total, xs):
         return jax.tree.map(jnp.add, total, piece(*xs)), None
 
-    zeros = {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct",
-                                                      "weight")}
-    total, _ = jax.lax.scan(body, zeros, (split(hidden_BxLxD), split(targets_BxL),
-                                          split(weights_BxL)))
+    total, _ = jax.lax.scan(body, _zero_sums(), (split(hidden_BxLxD), split(targets_BxL),
+                                                 split(weights_BxL)))
     return total
 
 
@@ -128,9 +127,7 @@ def accumulated_grads(params: Any, graphdef: nnx.GraphDef, batch: Batch, *, z_lo
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
     zero_grads = jax.tree.map(jnp.zeros_like, params)
-    zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct",
-                                                          "weight")}
-    (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums),
+    (grads, sums), _ = jax.lax.scan(body, (zero_grads, _zero_sums()),
                                     _micro_batches(batch, grad_accum_steps))
     return grads, sums
 

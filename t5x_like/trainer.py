@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from t5x_like import checkpointing, distributed, optim, state as state_lib, step as step_lib
-from t5x_like.config import RunConfig, flops_per_token
+from t5x_like.config import ConfigError, RunConfig, flops_per_token
 from t5x_like.inputs import Inputs
 from t5x_like.metrics import MetricsWriter, peak_flops_per_device, read_metrics
 from t5x_like.models.decoder import Decoder
@@ -45,6 +45,14 @@ def default_partitioner(cfg: RunConfig) -> Partitioner:
     """A mesh over all devices shaped by `cfg.mesh`."""
     mesh = make_mesh(cfg.mesh.ici_shape, cfg.mesh.dcn_shape)
     return Partitioner(mesh, cfg.mesh.logical_axis_rules)
+
+
+def check_batch_size(cfg: RunConfig, partitioner: Partitioner) -> None:
+    """The global batch must split evenly over the mesh's data-parallel devices."""
+    if cfg.train.batch_size % partitioner.data_parallel_size:
+        raise ConfigError(f"TrainConfig.batch_size = {cfg.train.batch_size} must divide by the "
+                          f"mesh's data-parallel size {partitioner.data_parallel_size} "
+                          f"({partitioner.describe()})")
 
 
 def _global_shapes(example_batch: dict[str, np.ndarray], batch_size: int, sharding):
@@ -244,10 +252,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
     tc = cfg.train
     factory = model_factory or default_model_factory(cfg)
     partitioner = partitioner or default_partitioner(cfg)
-    if tc.batch_size % partitioner.data_parallel_size:
-        raise ValueError(f"TrainConfig.batch_size = {tc.batch_size} must divide by the mesh's "
-                         f"data-parallel size {partitioner.data_parallel_size} "
-                         f"({partitioner.describe()})")
+    check_batch_size(cfg, partitioner)
     primary = jax.process_index() == 0
     log.info("%s; model_dir %s", partitioner.describe(), tc.model_dir)
     tx, schedule = optim.make_optimizer(cfg.optimizer, cfg.schedule_steps)

@@ -16,14 +16,12 @@ import jax.numpy as jnp
 from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 
 
-def unsupported(dtype, head_dim: int, has_bias: bool) -> str:
+def unsupported(dtype, head_dim: int) -> str:
     """Why cuDNN flash attention cannot run this call ('' when it can)."""
     if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         return f"compute dtype {jnp.dtype(dtype).name} (cuDNN flash needs bfloat16 or float16)"
     if head_dim > 128 or head_dim % 8:
         return f"head_dim {head_dim} (cuDNN flash needs a multiple of 8, at most 128)"
-    if has_bias:
-        return "a learned position bias (the packed layout takes none)"
     return ""
 
 

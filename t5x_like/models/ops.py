@@ -34,8 +34,8 @@ from t5x_like.models import attention as reference
 from t5x_like.models import cpu_kernels, cudnn, splash
 
 log = logging.getLogger(__name__)
-_AUTO = {"tpu": "splash", "gpu": "gpu_flash", "cuda": "gpu_flash", "rocm": "gpu_flash",
-         "cpu": "cpu"}
+_GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+_AUTO = {"tpu": "splash", "cpu": "cpu"} | {p: "gpu_flash" for p in _GPU_PLATFORMS}
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,7 +150,7 @@ class Kernels:
         if impl == "splash":
             why = splash.unsupported(q.shape[1], k.shape[1], self.block_size)
         else:
-            why = cudnn.unsupported(q.dtype, q.shape[-1], False)
-            if not why and partitioning.active_platform() not in ("gpu", "cuda", "rocm"):
+            why = cudnn.unsupported(q.dtype, q.shape[-1])
+            if not why and partitioning.active_platform() not in _GPU_PLATFORMS:
                 why = f"no GPU (platform {partitioning.active_platform()})"
         return ("xla", why) if why else (impl, "")
