@@ -9,11 +9,12 @@ cuDNN). `ModelConfig.attention_impl` picks the kernel:
   xla        `attention.dot_product_attention` and plain `dot_general`s, autodiff: the reference
   cpu        `cpu_kernels`: hand-written backward passes and orders that measured faster on
              XLA:CPU (docs/benchmarks.md)
-  splash     `splash`: TPU Pallas splash attention (interpret mode off TPU)
+  splash     `splash`: TPU Pallas splash attention, prefix LM in two calls (interpret mode off
+             TPU)
   gpu_flash  `cudnn`: cuDNN flash attention with packed segments
 
-A kernel that cannot serve a call (T5's relative bias, a prefix-LM mask, unaligned lengths, a
-dtype) hands it to the reference and the log says why. Every projection's output carries a
+A kernel that cannot serve a call (T5's relative bias, a prefix-LM mask on cuDNN, unaligned
+lengths, a dtype) hands it to the reference and the log says why. Every projection's output carries a
 `checkpoint_name` (config.CHECKPOINT_NAMES), which is what remat policies select by.
 """
 
@@ -125,7 +126,7 @@ class Kernels:
         if impl == "splash":
             out = splash.attention(q_BxLxHxE, k_BxMxKxE, v_BxMxKxE, q_segment_ids_BxL,
                                    kv_segment_ids_BxM, causal=causal,
-                                   block_size=self.block_size,
+                                   block_size=self.block_size, prefix_BxL=prefix_BxL,
                                    interpret=partitioning.active_platform() != "tpu")
         elif impl == "gpu_flash":
             out = cudnn.attention(q_BxLxHxE, k_BxMxKxE, v_BxMxKxE, q_segment_ids_BxL,
@@ -145,7 +146,7 @@ class Kernels:
             return impl, ""
         if bias is not None:
             return "xla", f"{impl} takes no learned position bias (T5's relative attention)"
-        if prefix is not None:
+        if prefix is not None and impl != "splash":
             return "xla", f"{impl} has no prefix-LM mask (it is per row, not per head)"
         if impl == "splash":
             why = splash.unsupported(q.shape[1], k.shape[1], self.block_size)

@@ -82,6 +82,17 @@ def test_splash_equals_the_reference_on_packed_rows(causal):
                   _value_and_grads(Kernels("xla"), q, k, v, cot, seg, causal), atol=5e-5)
 
 
+def test_splash_prefix_lm_equals_the_reference():
+    """Per-row prefixes, one segment without any, padding: both calls' gradients add up."""
+    seg, prefix = _packed(256, prefix=True)
+    q, k, v, cot = _qkv(256, seed=3)
+    splash = Kernels("splash", block_size=128)
+    assert splash._attention_impl(q, k, prefix, None) == ("splash", "")
+    _assert_agree(_value_and_grads(splash, q, k, v, cot, seg, True, prefix=prefix),
+                  _value_and_grads(Kernels("xla"), q, k, v, cot, seg, True, prefix=prefix),
+                  atol=5e-5)
+
+
 def test_splash_under_shard_map_on_a_data_fsdp_tensor_mesh():
     """Rows split over data x fsdp, heads over tensor: the per-device kernels add up to the
     reference."""
@@ -116,12 +127,12 @@ def test_kernels_hand_what_they_cannot_do_to_the_reference_and_say_why(caplog):
     bias = jnp.zeros((B, H, 256, 256))
     splash = Kernels("splash", block_size=128)
     assert splash._attention_impl(q, k, None, bias)[0] == "xla"
-    assert "prefix-LM" in splash._attention_impl(q, k, prefix, None)[1]
+    assert "prefix-LM" in Kernels("gpu_flash")._attention_impl(q, k, prefix, None)[1]
     assert "multiple" in splash._attention_impl(q[:, :200], k[:, :200], None, None)[1]
     assert Kernels("gpu_flash")._attention_impl(q, k, None, None)[0] == "xla"  # float32, no GPU
     with caplog.at_level(logging.INFO, logger="t5x_like.models.ops"):
         splash.attention(q, k, k, q_segment_ids_BxL=seg, kv_segment_ids_BxM=seg, causal=True,
-                         prefix_BxL=prefix, what="test attention")
+                         bias_BxHxLxM=bias, what="test attention")
     assert "test attention: xla instead of the configured kernel" in caplog.text
 
 
