@@ -19,7 +19,7 @@ from typing import Sequence
 
 import gin
 
-from t5x_like import config as cfg_lib
+from t5x_like import config as cfg_lib, fileio
 from t5x_like.config import ConfigError, RunConfig
 
 _PARTS = {"model": cfg_lib.ModelConfig, "mesh": cfg_lib.MeshConfig,
@@ -146,11 +146,12 @@ def with_model_dir(run: RunConfig, model_dir: str) -> RunConfig:
 
 
 def write_operative_config(model_dir: str) -> str:
-    """Write every value the run used (defaults included) to MODEL_DIR/config.gin."""
+    """Write every value the run used (defaults included) to MODEL_DIR/config.gin.
+
+    Every launch rewrites it, so it is replaced whole: a kill mid-write leaves the old one."""
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, "config.gin")
-    with open(path, "w") as f:
-        f.write(gin.operative_config_str())
+    fileio.atomic_write_text(path, gin.operative_config_str())
     return path
 
 

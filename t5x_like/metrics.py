@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_like import fileio
+
 # Dense bf16 matmul peaks per chip, from the vendors' data sheets. Unknown devices (CPUs) get a
 # measured peak instead; see `measure_matmul_peak`.
 _PEAK_FLOPS = {
@@ -74,8 +76,10 @@ class MetricsWriter:
         row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
         if not self.enabled:
             return row
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        # One unbuffered write() of the row and its newline: a kill leaves a whole row or a
+        # torn last line, which readers drop, never a row glued to the next.
+        with open(self.path, "ab", buffering=0) as f:
+            f.write((json.dumps(row) + "\n").encode())
         for key, value in row.items():
             if key != "step":
                 self._tb.add_scalar(key, value, step)
@@ -88,9 +92,22 @@ class MetricsWriter:
 
 
 def read_metrics(model_dir: str) -> list[dict[str, Any]]:
-    """All rows of MODEL_DIR/metrics.jsonl (empty if none)."""
+    """All rows of MODEL_DIR/metrics.jsonl (empty if none); a torn last line is left out."""
     path = os.path.join(model_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for _, row in fileio.jsonl_rows(path) if row is not None]
+
+
+def drop_rows_to_redo(model_dir: str, start: int) -> int:
+    """Before a run resumes at checkpoint `start`, drop from metrics.jsonl the rows it will
+    write again, so none is duplicated: every step after `start`, and at step 0 (no checkpoint
+    yet) the step-0 eval too. Rows at a checkpointed step > 0 were all written before its
+    checkpoint was saved, and stay. Returns how many rows went.
+
+    Truncates in place: the kept rows are never rewritten, so a kill here cannot lose them.
+    """
+    path = os.path.join(model_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    return fileio.truncate_jsonl(path, lambda row: row["step"] > start or start == 0)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import json
-import os
 import sys
 import time
 from typing import Any, Callable
@@ -22,7 +20,7 @@ from flax import nnx
 from t5x_like import checkpointing, distributed, optim, state as state_lib, step as step_lib
 from t5x_like.config import ConfigError, RunConfig, flops_per_token
 from t5x_like.inputs import Inputs
-from t5x_like.metrics import MetricsWriter, peak_flops_per_device, read_metrics
+from t5x_like.metrics import MetricsWriter, drop_rows_to_redo, peak_flops_per_device
 from t5x_like.models.decoder import Decoder
 from t5x_like.partitioning import Partitioner, make_mesh
 
@@ -235,15 +233,6 @@ def load_trained(cfg: RunConfig, *, model_factory=None, partitioner: Partitioner
     return params, layout.graphdef, step, partitioner
 
 
-def _truncate_metrics(model_dir: str, after_step: int) -> None:
-    """A run killed after its last checkpoint logged steps it will now redo: drop those rows."""
-    rows = read_metrics(model_dir)
-    kept = [r for r in rows if r["step"] <= after_step]
-    if len(kept) != len(rows):
-        with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-
-
 def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
           partitioner: Partitioner | None = None) -> list[dict[str, Any]]:
     """Train to cfg.train.train_steps (resuming from MODEL_DIR's latest checkpoint); the rows
@@ -271,7 +260,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
         checkpointer.close()
         return []
     if primary:
-        _truncate_metrics(tc.model_dir, start)
+        drop_rows_to_redo(tc.model_dir, start)
 
     # ---------------------------------------------------------------- compile ahead of time
     first_batch, first_extras = split_batch(next(inputs.train_iter))

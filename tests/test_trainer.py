@@ -15,6 +15,7 @@ from t5x_like.checkpointing import CheckpointMismatchError
 from t5x_like.config import OptimizerConfig, RunConfig, TrainConfig, DataConfig
 from t5x_like.data import pipeline
 from t5x_like.inputs import Inputs
+from t5x_like.metrics import read_metrics
 
 ROWS = random_packed_rows(96, 32, MICRO_MODEL.vocab_size)
 
@@ -59,9 +60,21 @@ def test_resume_is_bit_identical(reference, tmp_path):
     with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert losses_of(rows) == losses_of(reference[1])  # exact, not approximate
+    # The relaunch from step 4 keeps step 4's rows and writes none of them twice.
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 7))
+    assert [r["step"] for r in rows if "eval_loss" in r] == [0, 4, 6]
     ref_rows = [json.loads(line) for line in open(reference[0] / "metrics.jsonl")]
     assert [r["eval_loss"] for r in rows if "eval_loss" in r][-1] == \
         [r["eval_loss"] for r in ref_rows if "eval_loss" in r][-1]
+
+
+def test_relaunch_before_the_first_checkpoint_logs_each_row_once(tmp_path):
+    # What a run killed at step 1, before any checkpoint, leaves behind.
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 9.0}\n'
+                                            '{"step": 1, "loss": 9.0}\n')
+    rows = trainer.train(_cfg(tmp_path, steps=2), _inputs(), partitioner=partitioner_for((1, 1, 1)))
+    assert read_metrics(str(tmp_path)) == rows
+    assert [r["step"] for r in rows] == [0, 1, 2, 2]  # eval, train, train, eval
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1)])

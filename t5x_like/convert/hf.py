@@ -13,6 +13,7 @@ import os
 import pathlib
 from typing import Any
 
+from t5x_like import fileio
 from t5x_like.config import ModelConfig
 from t5x_like.convert import hf_llama, hf_t5
 from t5x_like.convert.model_dir import abstract_params
@@ -76,6 +77,6 @@ def export_hf_dir(params: Any, cfg: ModelConfig, directory: str | os.PathLike,
     write_safetensors(out / "model.safetensors", header,
                       lambda: export_tensors(params, entries, scanned=cfg.scan_layers,
                                              dtype=np_dtype))
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    fileio.atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return out
 

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_like import fileio
+
 
 class ConversionError(ValueError):
     """A checkpoint does not fit the model it is converted to (or from); the message says how."""
@@ -287,7 +289,7 @@ def write_safetensors(path: str | os.PathLike, header: list[tuple[str, np.dtype,
     encoded = json.dumps(meta, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
     expected = {name: (np.dtype(dtype), tuple(shape)) for name, dtype, shape in header}
-    with open(path, "wb") as f:
+    with fileio.atomic_writer(path, "wb") as f:  # re-exporting over an export keeps it whole
         f.write(len(encoded).to_bytes(8, "little"))
         f.write(encoded)
         for name, value in tensors():

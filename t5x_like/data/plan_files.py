@@ -14,6 +14,8 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from t5x_like import fileio
+
 T = TypeVar("T", bound="NpzDataclass")
 
 
@@ -21,8 +23,9 @@ class NpzDataclass:
     """Mixin for dataclasses whose fields are numpy arrays or ints: ``save`` / ``load`` as .npz."""
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write every field to one ``.npz`` at exactly ``path`` (no ".npz" appended)."""
-        with open(path, "wb") as f:  # a file object stops savez from appending ".npz"
+        """Write every field to one ``.npz`` at exactly ``path`` (no ".npz" appended), all or
+        nothing: a kill mid-write leaves no file a later run would load as a plan."""
+        with fileio.atomic_writer(path, "wb") as f:  # a file object: savez appends no ".npz"
             np.savez(f, **{k.name: np.asarray(getattr(self, k.name))
                            for k in dataclasses.fields(self)})
 
@@ -40,7 +43,5 @@ def load_or_build(path: pathlib.Path, cls: type[T], build: Callable[[], T]) -> t
         return cls.load(path), False
     plan = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    plan.save(tmp)
-    os.replace(tmp, path)
+    plan.save(path)
     return plan, True
