@@ -33,6 +33,8 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 
 # Kernels behind `models.ops` (ModelConfig.attention_impl).
 ATTENTION_IMPLS = ("auto", "xla", "cpu", "splash", "gpu_flash")
+# RoPE scalings `models.rope` computes (ModelConfig.rope_scaling), named as Hugging Face's rope_type.
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 # Named activations a remat policy can save (`save_names:...`): every projection's output and
 # the attention kernel's. 'dots' saves the projections.
 PROJECTION_NAMES = ("query_proj", "key_proj", "value_proj", "out_proj", "mlp_gate", "mlp_up",
@@ -134,6 +136,17 @@ class ModelConfig(_Validated):
     # ReLU MLP (T5 v1.0)
     mlp_activation: str = "silu"
     rope_theta: float = 10_000.0  # RoPE base (Llama 3: 500000); decoder architecture only
+    # RoPE scaling, as Hugging Face's rope_type computes it (models/rope.py): none | linear
+    # (frequencies / factor) | llama3 (Llama 3.1+) | yarn
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0  # linear, llama3, yarn: the context extension factor
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_original_max_positions: int = 8192  # llama3, yarn: the pretraining context length
+    rope_beta_fast: float = 32.0  # yarn: rotations where the ramp to interpolation starts
+    rope_beta_slow: float = 1.0  # yarn: rotations where it ends
+    rope_attention_factor: float = 0.0  # yarn: cos/sin scale; 0 = 0.1 ln(factor) + 1
+    rope_truncate: bool = True  # yarn: round the ramp's bounds to whole frequency indices
     relative_attention_num_buckets: int = 32  # encoder_decoder position buckets
     relative_attention_max_distance: int = 128  # distances beyond this share the last bucket
     norm_eps: float = 1e-6  # RMSNorm epsilon
@@ -166,6 +179,7 @@ class ModelConfig(_Validated):
                       f"must divide num_heads={self.num_heads}")
         self._require(self.head_dim % 2 == 0, "head_dim", "must be even for RoPE")
         self._require(self.rope_theta > 0, "rope_theta", "must be positive")
+        self._validate_rope_scaling()
         self._validate_remat()
         self._require(self.attention_impl in ATTENTION_IMPLS, "attention_impl",
                       f"choose one of {ATTENTION_IMPLS}")
@@ -176,6 +190,24 @@ class ModelConfig(_Validated):
         for name in ("dtype", "param_dtype"):
             self._require(getattr(self, name) in ("float32", "bfloat16", "float16"), name,
                           "must be float32, bfloat16 or float16")
+
+    def _validate_rope_scaling(self):
+        self._require(self.rope_scaling in ROPE_SCALINGS, "rope_scaling",
+                      f"choose one of {ROPE_SCALINGS}")
+        if self.rope_scaling == "none":
+            return
+        self._require(self.rope_factor > 0, "rope_factor", "must be positive")
+        self._require(self.rope_original_max_positions > 0, "rope_original_max_positions",
+                      "must be positive")
+        if self.rope_scaling == "llama3":
+            self._require(self.rope_high_freq_factor > self.rope_low_freq_factor > 0,
+                          "rope_high_freq_factor",
+                          f"must exceed rope_low_freq_factor={self.rope_low_freq_factor} > 0")
+        if self.rope_scaling == "yarn":
+            self._require(self.rope_beta_fast > self.rope_beta_slow > 0, "rope_beta_fast",
+                          f"must exceed rope_beta_slow={self.rope_beta_slow} > 0")
+            self._require(self.rope_attention_factor >= 0, "rope_attention_factor",
+                          "must be >= 0 (0: derived from rope_factor)")
 
     def _validate_remat(self):
         policy = self.remat_policy

@@ -14,16 +14,74 @@ from typing import Any
 import numpy as np
 
 from t5x_like.config import ModelConfig
+from t5x_like.models import rope as rope_lib
 from t5x_like.convert.tensors import ConversionError, Source, Tensor, require_keys
 
 
-def _rope_theta(hf_config: dict) -> float:
-    rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+# Hugging Face rope_parameters keys -> our ModelConfig fields, per rope_type we compute exactly.
+_ROPE_FIELDS = {
+    "linear": {"factor": "rope_factor"},
+    "llama3": {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor",
+               "high_freq_factor": "rope_high_freq_factor",
+               "original_max_position_embeddings": "rope_original_max_positions"},
+    "yarn": {"factor": "rope_factor", "beta_fast": "rope_beta_fast",
+             "beta_slow": "rope_beta_slow", "attention_factor": "rope_attention_factor",
+             "original_max_position_embeddings": "rope_original_max_positions",
+             "truncate": "rope_truncate"},
+}
+_ROPE_IGNORED = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
+
+
+def _yarn_attention_factor(rope: dict) -> dict:
+    """DeepSeek-style YaRN gives mscale and mscale_all_dim instead of attention_factor: their
+    ratio (as HF computes it), so that the config holds one number."""
+    mscale, all_dim = rope.pop("mscale", None), rope.pop("mscale_all_dim", None)
+    if rope.get("attention_factor") is None and mscale and all_dim:
+        factor = rope["factor"]
+        rope["attention_factor"] = (rope_lib.yarn_attention_factor(factor, mscale)
+                                    / rope_lib.yarn_attention_factor(factor, all_dim))
+    return rope
+
+
+def rope_fields(hf_config: dict) -> dict[str, Any]:
+    """Our rope_* fields of a Llama config.json's rope_parameters (transformers 5) or
+    rope_scaling (4.x); refuses, naming it, any RoPE we do not compute as HF does."""
+    rope = dict(hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {})
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise ConversionError(f"RoPE scaling {kind!r} ({rope}) is not implemented here; only "
-                              f"plain RoPE (rope_type 'default') converts exactly")
-    return float(rope.get("rope_theta", hf_config.get("rope_theta", 10_000.0)))
+    theta = float(rope.get("rope_theta", hf_config.get("rope_theta", 10_000.0)))
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ConversionError(f"partial_rotary_factor {rope['partial_rotary_factor']}: our "
+                              f"RoPE rotates the whole head")
+    if kind == "default":
+        return {"rope_theta": theta}
+    if kind not in _ROPE_FIELDS:
+        raise ConversionError(f"RoPE scaling {kind!r} ({rope}) is not implemented here; we "
+                              f"convert rope_type default, {', '.join(_ROPE_FIELDS)}")
+    if kind == "yarn":
+        rope = _yarn_attention_factor(rope)
+        rope.setdefault("original_max_position_embeddings",
+                        hf_config.get("max_position_embeddings"))  # transformers 4.x's default
+    unknown = sorted(set(rope) - set(_ROPE_FIELDS[kind]) - _ROPE_IGNORED)
+    if unknown:
+        raise ConversionError(f"RoPE scaling {kind!r}: parameters {unknown} are not "
+                              f"implemented here ({rope})")
+    missing = [k for k in ("factor",) if rope.get(k) is None]
+    if missing:
+        raise ConversionError(f"RoPE scaling {kind!r} needs {missing} ({rope})")
+    fields = {ours: rope[theirs] for theirs, ours in _ROPE_FIELDS[kind].items()
+              if rope.get(theirs) is not None}
+    return {"rope_theta": theta, "rope_scaling": kind} | fields
+
+
+def hf_rope_parameters(cfg: ModelConfig) -> dict[str, Any]:
+    """The rope_parameters of cfg's RoPE, the inverse of `rope_fields`."""
+    kind = "default" if cfg.rope_scaling == "none" else cfg.rope_scaling
+    out = {"rope_type": kind, "rope_theta": cfg.rope_theta}
+    for theirs, ours in _ROPE_FIELDS.get(kind, {}).items():
+        value = getattr(cfg, ours)
+        if not (theirs == "attention_factor" and value == 0.0):  # 0: HF's default from factor
+            out[theirs] = value
+    return out
 
 
 def model_config(hf_config: dict, **overrides: Any) -> ModelConfig:
@@ -36,7 +94,7 @@ def model_config(hf_config: dict, **overrides: Any) -> ModelConfig:
             raise ConversionError(f"{flag}=true: our decoder has no biases")
     if hf_config.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"hidden_act {hf_config['hidden_act']!r}: only silu (SwiGLU)")
-    rope_theta = _rope_theta(hf_config)
+    rope = rope_fields(hf_config)
     require_keys(hf_config, ("vocab_size", "hidden_size", "num_hidden_layers",
                              "num_attention_heads", "intermediate_size"), "Llama config.json")
     heads = hf_config["num_attention_heads"]
@@ -46,8 +104,8 @@ def model_config(hf_config: dict, **overrides: Any) -> ModelConfig:
         num_heads=heads, num_kv_heads=hf_config.get("num_key_value_heads") or heads,
         head_dim=hf_config.get("head_dim") or hf_config["hidden_size"] // heads,
         mlp_dim=hf_config["intermediate_size"], mlp_activation="silu",
-        rope_theta=rope_theta, norm_eps=hf_config.get("rms_norm_eps", 1e-6),
-        tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)))
+        norm_eps=hf_config.get("rms_norm_eps", 1e-6),
+        tie_embeddings=bool(hf_config.get("tie_word_embeddings", False))) | rope
     return ModelConfig(**(fields | overrides))
 
 
@@ -70,8 +128,7 @@ def hf_config(cfg: ModelConfig, dtype: str, max_position_embeddings: int = 2048)
         "intermediate_size": cfg.mlp_dim, "num_hidden_layers": cfg.num_layers,
         "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
         "head_dim": cfg.head_dim, "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_theta": cfg.rope_theta, "rope_parameters": hf_rope_parameters(cfg),
         "max_position_embeddings": max_position_embeddings, "attention_bias": False,
         "mlp_bias": False, "tie_word_embeddings": cfg.tie_embeddings,
         "dtype": dtype, "torch_dtype": dtype,  # transformers 4.x reads the latter

@@ -16,21 +16,18 @@ import numpy as np
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def inverse_frequencies(head_dim: int, theta: float) -> np.ndarray:
-    """RoPE's E/2 rotation frequencies theta**(-2i/E), float32."""
-    half = head_dim // 2
-    return np.float32(theta) ** (-np.arange(half, dtype=np.float32) / np.float32(half))
-
-
-def rope_tables(positions_BxL: jax.Array, head_dim: int, theta: float
+def rope_tables(positions_BxL: jax.Array, inv_freq_E2: np.ndarray, scale: float = 1.0
                 ) -> tuple[jax.Array, jax.Array]:
     """cos and sin [B, L, 1, E/2] of the rotary angles, once per forward for all layers.
 
-    Positions come from the batch, so they restart at 0 in every packed segment.
+    `inv_freq_E2` and `scale` are `rope.rope_frequencies`'. Positions come from the batch, so
+    they restart at 0 in every packed segment. The angle is one float32 product, as in HF.
     """
-    angles_BxLxE2 = positions_BxL[..., None].astype(jnp.float32) * inverse_frequencies(
-        head_dim, theta)
-    return jnp.cos(angles_BxLxE2)[:, :, None, :], jnp.sin(angles_BxLxE2)[:, :, None, :]
+    angles_BxLxE2 = positions_BxL[..., None].astype(jnp.float32) * jnp.asarray(inv_freq_E2)
+    cos, sin = jnp.cos(angles_BxLxE2), jnp.sin(angles_BxLxE2)
+    if scale != 1.0:  # YaRN's attention factor, on cos and sin as HF applies it
+        cos, sin = cos * jnp.float32(scale), sin * jnp.float32(scale)
+    return cos[:, :, None, :], sin[:, :, None, :]
 
 
 def apply_rope(x_BxLxNxE: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:

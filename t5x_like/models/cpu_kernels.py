@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_like.models.attention import MASK_VALUE, inverse_frequencies
+from t5x_like.models.attention import MASK_VALUE
 
 
 def _axes(start: int, stop: int) -> tuple[int, ...]:
@@ -82,16 +82,18 @@ def gate_up(x_BxLxD, gate_DxF, up_DxF):
     return gate_BxLxF, dense(x_BxLxD, up_DxF)
 
 
-def rope_tables(positions_BxL, head_dim: int, theta: float, num_positions: int):
+def rope_tables(positions_BxL, inv_freq_E2: np.ndarray, scale: float, num_positions: int):
     """cos, sin [B, L, 1, E/2] looked up in a constant table of positions 0..num_positions-1.
 
     Packed positions restart in every segment, so they stay below the row length; a position
     outside the table is clipped to its last row (the batch builders never produce one).
     """
-    angles_PxE2 = (np.arange(num_positions, dtype=np.float32)[:, None]
-                   * inverse_frequencies(head_dim, theta))
-    return tuple(jnp.take(jnp.asarray(fn(angles_PxE2)), positions_BxL, axis=0,
-                          mode="clip")[:, :, None, :] for fn in (np.cos, np.sin))
+    angles_PxE2 = np.arange(num_positions, dtype=np.float32)[:, None] * inv_freq_E2
+    # cos and sin rounded once from float64 (within an ulp of HF's torch); the scale in float32
+    tables = [fn(angles_PxE2.astype(np.float64)).astype(np.float32) * np.float32(scale)
+              for fn in (np.cos, np.sin)]
+    return tuple(jnp.take(jnp.asarray(t), positions_BxL, axis=0, mode="clip")[:, :, None, :]
+                 for t in tables)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from t5x_like.config import ModelConfig
 from t5x_like.models import stack
 from t5x_like.models.layers import MLP, RMSNorm, Attention, param
 from t5x_like.models.ops import Kernels
+from t5x_like.models.rope import rope_frequencies
 from t5x_like.partitioning import constrain
 
 
@@ -74,7 +75,7 @@ class Decoder(nnx.Module):
         dtype = jnp.dtype(self.cfg.dtype)
         x_BxLxD = jnp.take(self.token_embed[...], input_tokens_BxL, axis=0).astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
-        rope = self.kernels.rope(positions_BxL, self.cfg.head_dim, self.cfg.rope_theta)
+        rope = self.kernels.rope(positions_BxL, *rope_frequencies(self.cfg))
         x_BxLxD = stack.run_layers(self.cfg, self.layers, x_BxLxD, rope, segment_ids_BxL,
                                    causal_attention_BxL)
         return self.final_norm(x_BxLxD)

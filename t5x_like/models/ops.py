@@ -27,6 +27,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from t5x_like import partitioning
@@ -100,12 +101,12 @@ class Kernels:
         return (self.dense(x_BxLxD, gate_DxF, name="mlp_gate"),
                 self.dense(x_BxLxD, up_DxF, name="mlp_up"))
 
-    def rope(self, positions_BxL: jax.Array, head_dim: int, theta: float):
-        """cos, sin [B, L, 1, E/2] for `attention.apply_rope`."""
+    def rope(self, positions_BxL: jax.Array, inv_freq_E2: np.ndarray, scale: float = 1.0):
+        """cos, sin [B, L, 1, E/2] for `attention.apply_rope`, of `rope.rope_frequencies`."""
         if self.cpu_tuned:
-            return cpu_kernels.rope_tables(positions_BxL, head_dim, theta,
+            return cpu_kernels.rope_tables(positions_BxL, inv_freq_E2, scale,
                                            positions_BxL.shape[1])
-        return reference.rope_tables(positions_BxL, head_dim, theta)
+        return reference.rope_tables(positions_BxL, inv_freq_E2, scale)
 
     # ------------------------------------------------------------------ attention
     def attention(self, q_BxLxHxE: jax.Array, k_BxMxKxE: jax.Array, v_BxMxKxE: jax.Array, *,

@@ -115,3 +115,48 @@ def test_sharded_and_pytorch_bin_directories_import_the_same_tensors(saved, tmp_
     _, want = hf.import_hf_dir(directory, scan_layers=False)
     _, got = hf.import_hf_dir(tmp_path, scan_layers=False)
     jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+@pytest.mark.parametrize("theta,head_dim,scaling,length", [
+    (1e4, 128, None, 8192), (5e5, 64, None, 8192), (5e5, 64, LLAMA3_ROPE, 8192),
+    (5e5, 128, LLAMA3_ROPE, 2048), (1e4, 64, {"rope_type": "linear", "factor": 4.0}, 2048),
+    (5e5, 64, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048},
+     2048)], ids=["1e4_128_8k", "5e5_64_8k", "llama3_64_8k", "llama3_128_2k", "linear_2k",
+                  "yarn_2k"])
+def test_long_rows_match_hugging_face_with_plain_and_scaled_rope(theta, head_dim, scaling,
+                                                                 length):
+    """One layer, float32, one row of `length` tokens: the angles at the far positions are
+    where rounding in the RoPE frequencies shows (5.8e-5 at 2,048 tokens before the fix)."""
+    cfg = transformers.LlamaConfig(
+        vocab_size=V, hidden_size=2 * head_dim, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=head_dim,
+        max_position_embeddings=length, rms_norm_eps=1e-5, attn_implementation="eager",
+        rope_parameters={"rope_type": "default", "rope_theta": theta} | (scaling or {}))
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # O(1) scores, so that an angle error moves the logits
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, p.shape[1] ** -0.5)
+    ours_cfg = hf.model_config(cfg.to_dict(), scan_layers=False)
+    assert ours_cfg.rope_scaling == (scaling or {}).get("rope_type", "none")
+    ours = _ours(ours_cfg, hf.params_from_hf(DictSource(state_dict_numpy(model)), ours_cfg))
+    ids = tokens(np.ones((1, length), np.int32), V, seed=4)
+    got = np.asarray(ours(ids, np.ones_like(ids), np.arange(length, dtype=np.int32)[None]))
+    assert np.abs(got - _logits(model, ids)).max() < 1e-5
+
+
+def test_scaled_rope_round_trips_through_config_json(tmp_path):
+    """Export writes the scaling as rope_parameters that transformers reads back unchanged,
+    and importing that config.json gives our config again."""
+    model = hf_llama(V)
+    model.config.rope_parameters = {"rope_theta": 500.0} | LLAMA3_ROPE
+    cfg = hf.model_config(model.config.to_dict())
+    hf.export_hf_dir(hf.params_from_hf(DictSource(state_dict_numpy(model)), cfg), cfg, tmp_path)
+    reloaded = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert reloaded.rope_parameters == {"rope_theta": 500.0} | LLAMA3_ROPE
+    assert hf.model_config(hf.read_hf_config(tmp_path)) == cfg

@@ -50,7 +50,16 @@ def test_architecture_mismatches_are_refused_with_the_reason(llama):
         hf_llama.tensors(t5)
     with pytest.raises(ConversionError, match="model_type 'bert' is not supported"):
         hf.model_config({"model_type": "bert"})
-    with pytest.raises(ConversionError, match="RoPE scaling 'llama3'"):
-        hf.model_config({"model_type": "llama", "rope_scaling": {"rope_type": "llama3"}})
+    with pytest.raises(ConversionError, match="RoPE scaling 'dynamic'.*we convert rope_type "
+                                              "default, linear, llama3, yarn"):
+        hf.model_config({"model_type": "llama", "rope_scaling": {"rope_type": "dynamic"}})
+    with pytest.raises(ConversionError, match=r"RoPE scaling 'llama3': parameters \['beta'\]"):
+        hf.model_config({"model_type": "llama", "rope_scaling": {"rope_type": "llama3",
+                                                                 "factor": 8.0, "beta": 1}})
+    with pytest.raises(ConversionError, match=r"RoPE scaling 'linear' needs \['factor'\]"):
+        hf.model_config({"model_type": "llama", "rope_parameters": {"rope_type": "linear"}})
+    with pytest.raises(ConversionError, match="partial_rotary_factor 0.5"):
+        hf.model_config({"model_type": "llama", "rope_parameters": {
+            "rope_type": "default", "partial_rotary_factor": 0.5}})
     with pytest.raises(ConversionError, match="Llama config.json lacks 'hidden_size'"):
         hf.model_config({"model_type": "llama", "vocab_size": 64})

@@ -7,10 +7,12 @@ import pytest
 
 from t5x_like.models.attention import (apply_rope, attention_mask,
                                        dot_product_attention, rope_tables)
+from t5x_like.models.rope import plain_frequencies
 
 
 def _rope(x, positions, theta=10_000.0):
-    return apply_rope(x, rope_tables(jnp.asarray(positions), x.shape[-1], theta))
+    return apply_rope(x, rope_tables(jnp.asarray(positions),
+                                   plain_frequencies(x.shape[-1], theta)))
 
 
 def test_rope_is_rotate_half_and_relative():

@@ -7,6 +7,7 @@ import pytest
 
 from t5x_like.models import attention as reference
 from t5x_like.models import cpu_kernels
+from t5x_like.models.rope import plain_frequencies
 
 
 @pytest.mark.parametrize("x_shape, kernel_shape, num_in", [
@@ -48,15 +49,15 @@ def test_stacked_qkv_and_ordered_gate_up_equal_separate_matmuls():
 
 def test_rope_table_equals_the_direct_formula():
     positions = jnp.asarray(np.random.default_rng(0).integers(0, 512, size=(2, 512)))
-    table = cpu_kernels.rope_tables(positions, 64, 10_000.0, 512)
-    angles = (np.asarray(positions)[..., None].astype(np.float32)
-              * reference.inverse_frequencies(64, 10_000.0))
+    inv_freq = plain_frequencies(64, 10_000.0)
+    table = cpu_kernels.rope_tables(positions, inv_freq, 1.0, 512)
+    angles = np.asarray(positions)[..., None].astype(np.float32) * inv_freq
     for got, fn in zip(table, (np.cos, np.sin)):
         # numpy's cos/sin of the same float32 angles; XLA's own (the direct path) differ by
         # up to ~1e-4 at angles of a few hundred.
         np.testing.assert_allclose(np.asarray(got)[:, :, 0], fn(angles.astype(np.float64)),
                                    rtol=0, atol=2e-7)
-    for a, b in zip(table, reference.rope_tables(positions, 64, 10_000.0)):
+    for a, b in zip(table, reference.rope_tables(positions, inv_freq)):
         np.testing.assert_allclose(a, b, rtol=0, atol=3e-4)
 
 

@@ -9,6 +9,7 @@ from flax import nnx
 from t5x_like.models.attention import apply_rope, attention_mask, dot_product_attention
 from t5x_like.models.layers import MLP, MLP_ACTIVATIONS, Attention
 from t5x_like.models.ops import Kernels
+from t5x_like.models.rope import plain_frequencies
 
 KERNELS = [Kernels("xla"), Kernels("cpu")]
 
@@ -45,7 +46,7 @@ def test_attention_block_equals_separate_q_k_v_projections(kernels):
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 8)), jnp.float32)
     segments = jnp.asarray([[1, 1, 1, 2, 2], [1, 1, 1, 1, 0]])
     positions = jnp.asarray([[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]])
-    rope = Kernels("xla").rope(positions, 4, 1e4)
+    rope = Kernels("xla").rope(positions, plain_frequencies(4, 1e4))
     mask = attention_mask(segments, segments, causal=True)
 
     def separate(p, x):
