@@ -173,6 +173,17 @@ class ModelConfig(_Validated):
                      "relative_attention_max_distance"):
             self._require(getattr(self, name) > 0, name, "must be positive")
         self._require(self.num_encoder_layers >= 0, "num_encoder_layers", "must be >= 0")
+        if self.architecture == "encoder_decoder":
+            # T5's log buckets start at an exact range of buckets // 4 (bidirectional encoder)
+            # and buckets // 2 (causal decoder) and stretch it to max_distance: both must hold.
+            self._require(self.relative_attention_num_buckets >= 4,
+                          "relative_attention_num_buckets",
+                          "must be >= 4 (the encoder's buckets // 4 exact distances)")
+            self._require(self.relative_attention_max_distance
+                          > self.relative_attention_num_buckets // 2,
+                          "relative_attention_max_distance",
+                          f"must exceed relative_attention_num_buckets // 2 = "
+                          f"{self.relative_attention_num_buckets // 2}")
         self._require(self.mlp_activation in ("silu", "gelu_tanh", "relu"), "mlp_activation",
                       "must be silu, gelu_tanh or relu")
         self._require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",

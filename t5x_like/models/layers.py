@@ -133,27 +133,32 @@ class MLP(nnx.Module):
 def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
     """Bucket of every relative position in [-max_distance, max_distance], index rel + max_distance.
 
-    Hugging Face's `T5Attention._relative_position_bucket`, evaluated once on the host in float32
-    as it is there: looking buckets up in a table keeps them identical on every backend (a log
-    one ulp off on an accelerator would move a boundary position, e.g. 16 or 32, into the
-    neighbouring bucket). Beyond +-max_distance every bucket saturates, so clipping is exact.
+    T5's formula: a distance d below `exact` = buckets // 2 is its own bucket; beyond it the
+    bucket is exact + floor(log(d / exact) / log(max_distance / exact) * (buckets - exact)),
+    capped at the last bucket. We evaluate the floor exactly, in integers: it is the largest k
+    with (d / exact) ** (buckets - exact) >= (max_distance / exact) ** k. Float evaluations
+    (Hugging Face's `T5Attention._relative_position_bucket`, T5X, Mesh TensorFlow) agree with
+    this wherever the quotient is not an integer; where it is one exactly (e.g. d = 18 with 17
+    buckets and max distance 27: log(2.25) / log(3.375) * 9 = 6), the last ulp of the float
+    log decides, and it differs between backends: Hugging Face in eager PyTorch (MKL's log)
+    and the same function under torch.compile disagree there (docs/convert.md has the count).
+    Exact integers give one answer on every host. Beyond +-max_distance every bucket
+    saturates, so clipping is exact.
     """
-    rel = np.arange(-max_distance, max_distance + 1, dtype=np.int64)
-    buckets = np.zeros_like(rel)
+    half = num_buckets // 2 if bidirectional else num_buckets
+    exact, log_buckets = half // 2, half - half // 2
+    side = list(range(exact))  # side[d]: the bucket of distance d, before the direction offset
+    for d in range(exact, max_distance + 1):
+        k = 0  # k < log_buckets - 1: exact + k never passes the last bucket, half - 1
+        while (k < log_buckets - 1 and d ** log_buckets * exact ** (k + 1)
+               >= max_distance ** (k + 1) * exact ** log_buckets):
+            k += 1
+        side.append(exact + k)
+    side = np.asarray(side, np.int32)
+    rel = np.arange(-max_distance, max_distance + 1)
     if bidirectional:
-        num_buckets //= 2
-        buckets += (rel > 0) * num_buckets
-        rel = np.abs(rel)
-    else:
-        rel = -np.minimum(rel, 0)
-    max_exact = num_buckets // 2
-    with np.errstate(divide="ignore"):  # log(0) in the positions that take the exact branch
-        scaled = (np.log(rel.astype(np.float32) / np.float32(max_exact))
-                  / np.float32(np.log(max_distance / max_exact))
-                  * np.float32(num_buckets - max_exact))
-    large = max_exact + np.where(rel < max_exact, 0, scaled).astype(np.int64)
-    buckets += np.where(rel < max_exact, rel, np.minimum(large, num_buckets - 1))
-    return buckets.astype(np.int32)
+        return (np.where(rel > 0, half, 0) + side[np.abs(rel)]).astype(np.int32)
+    return side[np.maximum(-rel, 0)]
 
 
 def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,

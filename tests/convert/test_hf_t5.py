@@ -4,14 +4,16 @@
 layouts; here the checkpoints go through save_pretrained's files and config.json.)
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from t5x_like.convert import hf
 from t5x_like.convert.tensors import ConversionError, DictSource
+from t5x_like.models.layers import relative_position_bucket
 
 from .tiny_hf import (T5_VARIANTS, hf_t5, hf_t5_logits, state_dict_numpy, t5_max_diff_to_hf,
-                      t5_model, tokens, transformers)
+                      t5_model, tokens, torch, transformers)
 
 L, M, V = 20, 12, 64
 
@@ -72,3 +74,28 @@ def test_scaled_config_with_a_separate_head_is_refused(saved):
     cfg = hf.model_config(config)
     with pytest.raises(ConversionError, match="lm_head.weight differs from shared.weight"):
         hf.params_from_hf(DictSource(state_dict_numpy(model)), cfg)
+
+
+def _our_buckets(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
+    got = relative_position_bucket(jnp.asarray(relative_position.numpy()),
+                                   bidirectional=bidirectional, num_buckets=num_buckets,
+                                   max_distance=max_distance)
+    return torch.as_tensor(np.array(got), dtype=torch.long)
+
+
+@pytest.mark.parametrize("buckets, max_distance, tied", [(17, 27, True), (32, 128, False)])
+def test_logits_match_on_long_rows(buckets, max_distance, tied, monkeypatch):
+    """Rows long enough to reach every bucket. HF's buckets equal ours except at float32 ties of
+    T5's log formula (tests/models/test_encoder_decoder.py): 17 buckets with max distance 27 has
+    one at distance 18, where HF is a bucket lower; there HF gets our buckets."""
+    model = hf_t5("t5_v1_1", buckets=buckets, max_distance=max_distance)
+    cfg = hf.model_config(model.config.to_dict(), scan_layers=False)
+    ours = t5_model(cfg, hf.params_from_hf(DictSource(state_dict_numpy(model)), cfg))
+    length = max_distance + 12
+    seg, pos = np.ones((1, length), np.int32), np.arange(length, dtype=np.int32)[None]
+    enc, dec = tokens(seg, V, 5), tokens(seg, V, 6)
+    got = np.asarray(ours(enc, dec, seg, seg, pos, pos))
+    if tied:
+        monkeypatch.setattr(transformers.models.t5.modeling_t5.T5Attention,
+                            "_relative_position_bucket", staticmethod(_our_buckets))
+    np.testing.assert_allclose(got, hf_t5_logits(model, enc, dec), rtol=0, atol=1e-5)

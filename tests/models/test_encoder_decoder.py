@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ from t5x_like.convert.hf import params_from_hf
 from t5x_like.convert.tensors import DictSource
 from t5x_like.models.decoder import Decoder
 from t5x_like.models.encoder_decoder import EncoderDecoder
-from t5x_like.models.layers import relative_position_bucket
+from t5x_like.models.layers import _bucket_table, relative_position_bucket
 from t5x_like.partitioning import Partitioner, make_mesh
 from t5x_like.state import model_spec
 
@@ -116,15 +117,56 @@ def test_logits_match_hugging_face_unpacked_and_packed(variant, scan_layers):
             np.testing.assert_allclose(ours[r, dec_seg[r] == s], alone[0], rtol=0, atol=1e-5)
 
 
-def test_relative_position_buckets_equal_hugging_face():
+def _hf_buckets(rel, bidirectional, num_buckets, max_distance):
     bucket = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket
+    return bucket(torch.as_tensor(rel), bidirectional, num_buckets, max_distance).numpy()
+
+
+def _float64_buckets(rel, bidirectional, num_buckets, max_distance):
+    """T5's formula in float64 with quotients within 1e-9 of an integer taken as that integer:
+    an oracle independent of our integer evaluation. Also says where the quotient lies within
+    1e-6 (relative) of an integer, where float32 logs round to either side."""
+    half = num_buckets // 2 if bidirectional else num_buckets
+    exact = half // 2
+    d = np.abs(rel) if bidirectional else np.maximum(-rel, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # log(0), in the exact range
+        q = np.log(d / exact) / math.log(max_distance / exact) * (half - exact)
+        near_integer = ((d > exact) & (np.round(q) < half - exact)  # not log(1), not capped
+                        & (np.abs(q - np.round(q)) <= 1e-6 * q))
+    side = np.where(d < exact, d, np.minimum(exact + np.floor(q + 1e-9), half - 1))
+    return (side + (bidirectional & (rel > 0)) * half).astype(np.int32), near_integer
+
+
+def test_relative_position_buckets_are_exact_and_equal_hugging_face_off_float32_ties():
+    """Every configuration with 4-48 buckets and 48 max distances past the exact range: equal to
+    the float64 formula everywhere, and to Hugging Face's float32 evaluation wherever the log
+    quotient is not (within 1e-6) an integer; at those ties HF is one bucket off at most."""
+    for num_buckets in range(4, 49):
+        for bidirectional in (True, False):
+            for max_distance in range(num_buckets // 2 + 1, num_buckets // 2 + 49):
+                rel = np.arange(-max_distance, max_distance + 1)  # beyond: clipped
+                ours = _bucket_table(bidirectional, num_buckets, max_distance)
+                want, near_integer = _float64_buckets(rel, bidirectional, num_buckets,
+                                                      max_distance)
+                hf = _hf_buckets(rel, bidirectional, num_buckets, max_distance)
+                where = f"{num_buckets} buckets, bidirectional={bidirectional}, {max_distance}"
+                np.testing.assert_array_equal(ours, want, err_msg=where)
+                np.testing.assert_array_equal(ours[~near_integer], hf[~near_integer], where)
+                assert np.abs(ours - hf).max() <= 1, where
+
+
+def test_relative_position_bucket_looks_up_and_clips_the_table():
+    """The lookup the model does, past max_distance too. 17 causal buckets, max distance 27:
+    distance 18 has log(18 / 8) / log(27 / 8) * 9 = 6 exactly (2.25 ** 9 = 3.375 ** 6), so it
+    opens bucket 8 + 6; HF's float32 evaluation gives 13 in eager PyTorch on CPU."""
+    got = relative_position_bucket(jnp.asarray([-17, -18, -12]), bidirectional=False,
+                                   num_buckets=17, max_distance=27)
+    np.testing.assert_array_equal(np.asarray(got), [13, 14, 11])
     rel = np.arange(-300, 301)
     for bidirectional in (True, False):
-        for num_buckets, max_distance in ((32, 128), (8, 12), (64, 256), (32, 64)):
-            ref = bucket(torch.as_tensor(rel), bidirectional, num_buckets, max_distance).numpy()
-            ours = relative_position_bucket(jnp.asarray(rel), bidirectional=bidirectional,
-                                            num_buckets=num_buckets, max_distance=max_distance)
-            np.testing.assert_array_equal(np.asarray(ours), ref)
+        got = relative_position_bucket(jnp.asarray(rel), bidirectional=bidirectional,
+                                       num_buckets=32, max_distance=128)
+        np.testing.assert_array_equal(np.asarray(got), _hf_buckets(rel, bidirectional, 32, 128))
 
 
 @pytest.fixture(scope="module")
