@@ -245,7 +245,7 @@ class DenoisingRows:
         return out
 
 
-_PLAN_VERSION = 2  # 2: pieces record their metadata prefix length
+_PLAN_VERSION = 3  # 2: pieces record their metadata prefix length; 3: float32 noise counts
 
 
 def open_task(dataset_path, denoisers: Sequence, ids, opts: ExampleOptions,

@@ -4,7 +4,7 @@ The algorithm is the reference T5 one (``t5/data/preprocessors.py``), spelled ou
 ``shared/specs/ul2.md``:
 
 1. ``r == 0``: no noise. Else ``L' = max(L, 2)``.
-2. ``n_noise = round(L' * r)`` (half to even), clamped to ``[1, L' - 1]``.
+2. ``n_noise = round(L' * r)``, clamped to ``[1, L' - 1]``.
 3. ``n_spans = max(1, round(n_noise / mu))``, clamped to ``<= n_noise`` and ``<= L' - n_noise``
    (the reference crashes otherwise), then to ``<= max_spans`` (the sentinel budget; see below).
 4. ``n_noise`` and ``L' - n_noise`` are each split into ``n_spans`` positive parts, uniformly over
@@ -12,6 +12,8 @@ The algorithm is the reference T5 one (``t5/data/preprocessors.py``), spelled ou
 5. Interleave non-noise_1, noise_1, ..., non-noise_k, noise_k (starts with non-noise, ends with
    noise); truncate to ``L``.
 6. Optionally roll by an offset uniform in ``[0, L)``.
+
+Both rounds are the reference's ``tf.round`` (half to even) of float32 arithmetic, not float64.
 
 Sentinels are numbered by *noise run* (maximal run of noise tokens) on both sides:
 ``inputs = nn_1 S_0 nn_2 S_1 ...`` and ``targets = S_0 sp_1 S_1 sp_2 ...``, so they pair up
@@ -40,15 +42,24 @@ class SentinelBudgetError(ValueError):
     """More noise spans than reserved sentinel ids (sentinel_policy='error', or too few sentinels)."""
 
 
+# The reference's tf.round (half to even, like np.round) of float32 arithmetic. The float32
+# matters: 190 * 0.15 is 28.5 in float64 (28 after half-to-even), 28.500002 in float32 (29).
+def _noise_tokens(length: int, noise_density: float) -> int:
+    return int(np.round(np.float32(length) * np.float32(noise_density)))
+
+
+def _noise_spans(noise_tokens: int, mean_noise_span_length: float) -> int:
+    return int(np.round(np.float32(noise_tokens) / np.float32(mean_noise_span_length)))
+
+
 def _drawn_counts(length: int, noise_density: float, mean_noise_span_length: float,
                   max_spans: int | None) -> tuple[int, int, int]:
     """(L', n_noise, n_spans) as drawn before truncation (steps 1-3); n_noise = 0 if r == 0."""
     length_2 = max(int(length), 2)
     if noise_density == 0:
         return length_2, 0, 0
-    # Python's round() is round-half-to-even, like tf.round in the reference.
-    n_noise = min(max(round(length_2 * noise_density), 1), length_2 - 1)
-    n_spans = max(1, round(n_noise / mean_noise_span_length))
+    n_noise = min(max(_noise_tokens(length_2, noise_density), 1), length_2 - 1)
+    n_spans = max(1, _noise_spans(n_noise, mean_noise_span_length))
     n_spans = min(n_spans, n_noise, length_2 - n_noise)
     if max_spans is not None:
         if max_spans < 1:
@@ -209,7 +220,10 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_spa
                         verbose: bool = False) -> tuple[int, int]:
     """(tokens_length, targets_length): raw tokens that denoise to ``inputs_length`` inputs.
 
-    The reference helper, unchanged (no clamps, no sentinel cap, no mode token): grow the raw
+    The reference helper (no clamps, no sentinel cap, no mode token), with the mask's float32
+    counts where the reference rounds in float64: its own masks then disagree with it, at 39
+    of the inputs lengths 2-4,096 for r = 0.15, mu = 3 (inputs 172: T = 190, whose mask has
+    29 noise tokens in 10 spans, 40 targets, not the 38 the float64 helper plans). Grow the raw
     length T from ``inputs_length - 1`` while T - n_noise + n_spans * extra_inputs + 1 fits;
     targets = n_noise + n_spans * extra_targets + 1; with r = 0.5 and targets > inputs both
     are decremented by one. ``output_lengths``/``raw_length_for`` are the exact versions that
@@ -217,8 +231,8 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_spa
     """
 
     def lengths(tokens_length: int) -> tuple[int, int]:
-        n_noise = int(round(tokens_length * noise_density))
-        n_spans = int(round(n_noise / mean_noise_span_length))
+        n_noise = _noise_tokens(tokens_length, noise_density)
+        n_spans = _noise_spans(n_noise, mean_noise_span_length)
         return (tokens_length - n_noise + n_spans * extra_tokens_per_span_inputs + 1,
                 n_noise + n_spans * extra_tokens_per_span_targets + 1)
 

@@ -39,6 +39,43 @@ def reconstruct(inputs, targets, sentinels=SENTINELS):
     return np.asarray(out)
 
 
+# Every (length 2-599, denoiser) where the reference's float32 counts differ from float64
+# rounding: (noise tokens, noise runs) of the masks that t5 0.9.4's random_spans_noise_mask drew
+# under TensorFlow 2.21 (CPU), for r, mu in {0.15, 0.5} x {3, 8, 64}, (0.3, 3), (0.35, 3), (0.25, 3).
+REFERENCE_T5_COUNTS = {
+    (0.15, 3): {190: (29, 10), 350: (53, 18), 390: (59, 20)},
+    (0.15, 8): {190: (29, 4), 350: (53, 7), 390: (59, 7)},
+    (0.15, 64): {190: (29, 1), 350: (53, 1), 390: (59, 1)},
+    (0.3, 3): {95: (29, 10), 175: (53, 18), 195: (59, 20), 335: (101, 34), 355: (107, 36),
+               375: (113, 38), 395: (119, 40), 415: (125, 42)},
+    (0.35, 3): {90: (32, 11), 170: (60, 20), 330: (116, 39)},
+}
+REFERENCE_CASES = [(r, mu, n, c) for (r, mu), row in REFERENCE_T5_COUNTS.items()
+                   for n, c in row.items()]
+
+
+@pytest.mark.parametrize("rate,mu,length,counts", REFERENCE_CASES)
+def test_counts_round_float32_as_the_reference(rate, mu, length, counts):
+    """190 * 0.15 is 28.5 in float64 (28 after half to even), 28.500002 in float32 (29)."""
+    assert num_noise_and_spans(length, rate, mu) == counts
+    mask = random_spans_noise_mask(length, rate, mu, seed=length)
+    assert (mask.sum(), count_noise_runs(mask)) == counts
+
+
+@pytest.mark.parametrize("rate,mu", [(0.15, 3), (0.15, 8), (0.3, 3), (0.35, 3), (0.25, 3)])
+def test_helper_lengths_are_what_its_masks_give(rate, mu):
+    """The raw length the helper picks denoises to at most its inputs and exactly its targets
+    (from 32 inputs on, where the masks' clamps, which the helper does not apply, never bind).
+    The reference helper rounds in float64 and misses its own masks (inputs 172, r = 0.15,
+    mu = 3: it plans 38 targets for T = 190, whose masks give 40)."""
+    for inputs_length in range(32, 600):
+        raw, targets = random_spans_helper(inputs_length, rate, mu)
+        n_noise, n_spans = num_noise_and_spans(raw, rate, mu)
+        assert raw - n_noise + n_spans + 1 <= inputs_length, inputs_length
+        assert n_noise + n_spans + 1 == targets, inputs_length
+    assert random_spans_helper(172, 0.15, 3) == (190, 40)
+
+
 @pytest.mark.parametrize("rate,mu", RATES)
 def test_exact_counts_and_ends_for_every_seed(rate, mu):
     for length in [1, 2, 3, 4, 7, 10, 31, 100, 257, 1000]:
