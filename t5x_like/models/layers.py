@@ -133,10 +133,11 @@ class MLP(nnx.Module):
 def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
     """Bucket of every relative position in [-max_distance, max_distance], index rel + max_distance.
 
-    T5's formula: a distance d below `exact` = buckets // 2 is its own bucket; beyond it the
-    bucket is exact + floor(log(d / exact) / log(max_distance / exact) * (buckets - exact)),
-    capped at the last bucket. We evaluate the floor exactly, in integers: it is the largest k
-    with (d / exact) ** (buckets - exact) >= (max_distance / exact) ** k. Float evaluations
+    T5's formula, with `half` the buckets of one direction (all of them when causal): a
+    distance d below `exact` = half // 2 is its own bucket; beyond it the bucket is
+    exact + floor(log(d / exact) / log(max_distance / exact) * (half - exact)), capped at
+    half - 1. We evaluate the floor exactly, in integers: it is the largest k with
+    (d / exact) ** (half - exact) >= (max_distance / exact) ** k. Float evaluations
     (Hugging Face's `T5Attention._relative_position_bucket`, T5X, Mesh TensorFlow) agree with
     this wherever the quotient is not an integer; where it is one exactly (e.g. d = 18 with 17
     buckets and max distance 27: log(2.25) / log(3.375) * 9 = 6), the last ulp of the float

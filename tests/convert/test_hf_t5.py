@@ -83,8 +83,8 @@ def _our_buckets(relative_position, bidirectional=True, num_buckets=32, max_dist
     return torch.as_tensor(np.array(got), dtype=torch.long)
 
 
-@pytest.mark.parametrize("buckets, max_distance, tied", [(17, 27, True), (32, 128, False)])
-def test_logits_match_on_long_rows(buckets, max_distance, tied, monkeypatch):
+@pytest.mark.parametrize("buckets, max_distance, has_tie", [(17, 27, True), (32, 128, False)])
+def test_logits_match_on_long_rows(buckets, max_distance, has_tie, monkeypatch):
     """Rows long enough to reach every bucket. HF's buckets equal ours except at float32 ties of
     T5's log formula (tests/models/test_encoder_decoder.py): 17 buckets with max distance 27 has
     one at distance 18, where HF is a bucket lower; there HF gets our buckets."""
@@ -95,7 +95,7 @@ def test_logits_match_on_long_rows(buckets, max_distance, tied, monkeypatch):
     seg, pos = np.ones((1, length), np.int32), np.arange(length, dtype=np.int32)[None]
     enc, dec = tokens(seg, V, 5), tokens(seg, V, 6)
     got = np.asarray(ours(enc, dec, seg, seg, pos, pos))
-    if tied:
+    if has_tie:
         monkeypatch.setattr(transformers.models.t5.modeling_t5.T5Attention,
                             "_relative_position_bucket", staticmethod(_our_buckets))
     np.testing.assert_allclose(got, hf_t5_logits(model, enc, dec), rtol=0, atol=1e-5)
