@@ -2,7 +2,10 @@
 
 Runs t5's own ``random_spans_noise_mask`` and ``random_spans_helper`` (``t5/data/preprocessors.py``)
 under TensorFlow and prints, per denoiser, how many lengths give other (noise tokens, noise runs)
-than ``t5x_like.objectives.num_noise_and_spans``, and how many would with float64 rounding. The
+than ``t5x_like.objectives.num_noise_and_spans``, and how many would with float64 rounding; then,
+over inputs lengths 2-4,096, at how many each ``random_spans_helper`` plans a raw length whose
+mask breaks the plan (both miss at the smallest lengths, where the mask clamps its counts and the
+helper does not, and at r = 0.5, where the helper's "minor hack" drops a target on purpose). The
 reference drags in seqio, babel and more; only two seqio helpers are used on this path, so they are
 supplied here and the module is loaded from its file. In a separate environment (TensorFlow and
 jax do not share one well):
@@ -15,6 +18,7 @@ jax do not share one well):
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import sys
 import types
@@ -62,25 +66,46 @@ def float64_counts(length: int, rate: float, mu: float) -> tuple[int, int]:
     return n_noise, min(max(1, round(n_noise / mu)), n_noise, length - n_noise)
 
 
+def helper_misses(helper, counts, max_inputs: int) -> int:
+    """Inputs lengths 2..max_inputs-1 whose planned raw length T gets a mask that breaks the plan.
+
+    A miss: the mask's targets (noise + one sentinel per span + EOS) differ from the planned
+    targets length, or its inputs exceed the planned inputs length.
+    """
+    misses = 0
+    for inputs_length in range(2, max_inputs):
+        tokens_length, targets_length = helper(inputs_length)
+        n_noise, n_spans = counts(tokens_length)
+        misses += (n_noise + n_spans + 1 != targets_length
+                   or tokens_length - n_noise + n_spans + 1 > inputs_length)
+    return misses
+
+
 def main() -> None:
     from t5x_like.objectives import num_noise_and_spans, random_spans_helper
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max_length", type=int, default=600)
+    parser.add_argument("--max_inputs", type=int, default=4097,
+                        help="helpers are checked for inputs lengths 2..max_inputs-1")
     args = parser.parse_args()
     ref = load_reference()
     print(f"| r | mu | lengths | ours != reference | float64 != reference | first disputed | "
-          f"helper 512 / 1024 equal |")
-    print("|---|---|---|---|---|---|---|")
+          f"helper 512 / 1024 equal | helper misses its mask: reference / ours |")
+    print("|---|---|---|---|---|---|---|---|")
     for rate, mu in DENOISERS:
+        counts = functools.lru_cache(maxsize=None)(
+            lambda n, rate=rate, mu=mu: reference_counts(ref, n, rate, mu))
         lengths = range(2, args.max_length)
-        want = {n: reference_counts(ref, n, rate, mu) for n in lengths}
-        ours = sum(num_noise_and_spans(n, rate, mu) != want[n] for n in lengths)
-        f64 = [n for n in lengths if float64_counts(n, rate, mu) != want[n]]
-        first = f"{f64[0]}: {want[f64[0]]}" if f64 else "-"
-        helper = all(tuple(ref.random_spans_helper(i, rate, mu, 1, 1))
-                     == random_spans_helper(i, rate, mu) for i in (512, 1024))
-        print(f"| {rate} | {mu:g} | {len(lengths)} | {ours} | {len(f64)} | {first} | {helper} |")
+        ours = sum(num_noise_and_spans(n, rate, mu) != counts(n) for n in lengths)
+        f64 = [n for n in lengths if float64_counts(n, rate, mu) != counts(n)]
+        first = f"{f64[0]}: {counts(f64[0])}" if f64 else "-"
+        ref_helper = lambda i, rate=rate, mu=mu: tuple(ref.random_spans_helper(i, rate, mu, 1, 1))
+        our_helper = lambda i, rate=rate, mu=mu: random_spans_helper(i, rate, mu)
+        helper = all(ref_helper(i) == our_helper(i) for i in (512, 1024))
+        misses = [helper_misses(h, counts, args.max_inputs) for h in (ref_helper, our_helper)]
+        print(f"| {rate} | {mu:g} | {len(lengths)} | {ours} | {len(f64)} | {first} | {helper} | "
+              f"{misses[0]} / {misses[1]} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -221,9 +221,10 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_spa
     """(tokens_length, targets_length): raw tokens that denoise to ``inputs_length`` inputs.
 
     The reference helper (no clamps, no sentinel cap, no mode token), with the mask's float32
-    counts where the reference rounds in float64: its own masks then disagree with it, at 39
-    of the inputs lengths 2-4,096 for r = 0.15, mu = 3 (inputs 172: T = 190, whose mask has
-    29 noise tokens in 10 spans, 40 targets, not the 38 the float64 helper plans). Grow the raw
+    counts where the reference rounds in float64: its own masks then disagree with it at 39
+    more of the inputs lengths 2-4,096 than with this one for r = 0.15, mu = 3 (inputs 172:
+    T = 190, whose mask has 29 noise tokens in 10 spans, 40 targets, not the 38 the float64
+    helper plans; benchmarks/t5_reference_noise.py counts every denoiser). Grow the raw
     length T from ``inputs_length - 1`` while T - n_noise + n_spans * extra_inputs + 1 fits;
     targets = n_noise + n_spans * extra_targets + 1; with r = 0.5 and targets > inputs both
     are decremented by one. ``output_lengths``/``raw_length_for`` are the exact versions that
