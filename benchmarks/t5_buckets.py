@@ -3,8 +3,8 @@
 For every (num_buckets, bidirectional, max_distance) in the sweep it compares the bucket of each
 relative position in [-max_distance, max_distance] from ``models/layers.py:_bucket_table``
 (exact integers) with ``T5Attention._relative_position_bucket`` (float32 torch, eager; with
-``--compile`` also under ``torch.compile``, where a tie makes that matter) and with the numpy float32 table t5x_like used before
-c3dc9bd. Each differing position is classed by how close T5's log quotient is to an integer
+``--compile`` also under ``torch.compile``, where a tie makes that matter) and with the numpy
+float32 table t5x_like used before c3dc9bd. Each differing position is classed by how close T5's log quotient is to an integer
 (float64), which is where a float32 log can land on either side. Needs the ``[hf]`` extra:
 
     python benchmarks/t5_buckets.py                 # 4-129 buckets: 100,548 configurations
@@ -78,10 +78,9 @@ class Tally:
         self.positions += int(off.sum())
         self.max_diff = max(self.max_diff, int(np.abs(exact - other)[off].max()))
         self.max_tie = max(self.max_tie, float(ties[off].max()))
-        if len(self.examples) < 4:
-            bidir, nb, md = config
-            self.examples.append(f"{nb} {'bidir' if bidir else 'causal'} / {md} at "
-                                 f"{','.join(str(r) for r in rel[off][:3])}")
+        bidir, nb, md = config
+        self.examples.append(f"{nb} {'bidir' if bidir else 'causal'} / {md} at "
+                             f"{','.join(str(r) for r in rel[off][:3])}")
 
 
 def main() -> None:
@@ -93,9 +92,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also HF under torch.compile, in the configurations with a tie "
                              "(a quotient within 1e-6 of an integer; ~1 s each)")
+    parser.add_argument("--list", action="store_true", help="print every configuration off")
     args = parser.parse_args()
     evaluations = {"HF eager": T5Attention._relative_position_bucket, "numpy float32": None}
-    tallies = {name: Tally(name) for name in [*evaluations, "HF torch.compile"]}
+    tallies = {name: Tally(name) for name in evaluations}
+    if args.compile:
+        tallies["HF torch.compile"] = Tally("HF torch.compile")
     configs, start = 0, time.perf_counter()
     for num_buckets in range(args.min_buckets, args.max_buckets + 1):
         for bidirectional in (True, False):
@@ -120,9 +122,12 @@ def main() -> None:
     print("| evaluation | configurations off | positions off | max bucket diff | "
           "max tie distance | first configurations off |")
     print("|---|---|---|---|---|---|")
-    for t in tallies.values() if args.compile else list(tallies.values())[:2]:
+    for t in tallies.values():
         print(f"| {t.name} | {t.configs:,} | {t.positions:,} | {t.max_diff} | "
-              f"{t.max_tie:.3g} | {'; '.join(t.examples) or '-'} |")
+              f"{t.max_tie:.3g} | {'; '.join(t.examples[:4]) or '-'} |")
+    if args.list:
+        for t in tallies.values():
+            print(f"\n{t.name}, every configuration off:\n  " + "\n  ".join(t.examples))
 
 
 if __name__ == "__main__":
