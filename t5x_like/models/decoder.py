@@ -80,11 +80,16 @@ class Decoder(nnx.Module):
                                    causal_attention_BxL)
         return self.final_norm(x_BxLxD)
 
-    def logits(self, x_BxLxD: jax.Array) -> jax.Array:
-        """Float32 logits [B, L, V] of hidden states (any L: the loss may take them in chunks)."""
+    def output_kernel(self) -> jax.Array:
+        """The [D, V] projection onto the vocabulary, in the compute dtype."""
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_embeddings:
-            logits_BxLxV = self.kernels.dense(x_BxLxD, self.token_embed[...].astype(dtype).T)
-        else:
-            logits_BxLxV = self.kernels.dense(x_BxLxD, self.lm_head[...].astype(dtype))
+            return self.token_embed[...].astype(dtype).T
+        return self.lm_head[...].astype(dtype)
+
+    def logits(self, x_BxLxD: jax.Array, kernel_DxV: jax.Array | None = None) -> jax.Array:
+        """Float32 logits [B, L, V] of hidden states (any L: the loss may take them in chunks,
+        passing `output_kernel()` fetched once for all of them)."""
+        kernel_DxV = self.output_kernel() if kernel_DxV is None else kernel_DxV
+        logits_BxLxV = self.kernels.dense(x_BxLxD, kernel_DxV)
         return constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab"))

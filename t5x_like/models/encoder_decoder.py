@@ -197,14 +197,20 @@ class EncoderDecoder(nnx.Module):
         return self.decoder(self._embed(decoder_input_tokens_BxM), encoded_BxLxD,
                             segment_ids_BxM, positions_BxM, encoder_segment_ids_BxL)
 
-    def logits(self, y_BxMxD: jax.Array) -> jax.Array:
-        """Float32 logits [B, M, V] of the decoder's final-normed hidden states (any M)."""
+    def output_kernel(self) -> jax.Array:
+        """The [D, V] projection onto the vocabulary, in the compute dtype."""
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_embeddings:
-            y_BxMxD = y_BxMxD * jnp.asarray(self.cfg.d_model ** -0.5, dtype)
-            logits_BxMxV = self.kernels.dense(y_BxMxD, self.token_embed[...].astype(dtype).T)
-        else:
-            logits_BxMxV = self.kernels.dense(y_BxMxD, self.lm_head[...].astype(dtype))
+            return self.token_embed[...].astype(dtype).T
+        return self.lm_head[...].astype(dtype)
+
+    def logits(self, y_BxMxD: jax.Array, kernel_DxV: jax.Array | None = None) -> jax.Array:
+        """Float32 logits [B, M, V] of the decoder's final-normed hidden states (any M; the loss
+        may take them in chunks, passing `output_kernel()` fetched once for all of them)."""
+        kernel_DxV = self.output_kernel() if kernel_DxV is None else kernel_DxV
+        if self.cfg.tie_embeddings:
+            y_BxMxD = y_BxMxD * jnp.asarray(self.cfg.d_model ** -0.5, self.cfg.dtype)
+        logits_BxMxV = self.kernels.dense(y_BxMxD, kernel_DxV)
         return constrain(logits_BxMxV.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def __call__(self, encoder_input_tokens_BxL: jax.Array, decoder_input_tokens_BxM: jax.Array,
