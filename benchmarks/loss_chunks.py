@@ -1,10 +1,11 @@
 """How much TrainConfig.loss_chunks changes the gradient in bfloat16 compute.
 
-The loss over `chunks` pieces sums the output kernel's gradient across pieces in the compute
-dtype (step.py:chunked_loss_sums). This prints, for a small decoder in bfloat16, each chunk
-count's error in the output kernel's gradient (and in all gradients) against the same model in
-float32, unchunked: the rounding that chunking adds beside the rounding bfloat16 already has.
-Run it on an earlier checkout to compare another summation (the module is all it imports):
+The loss over `chunks` pieces of the vocabulary (step.py:chunked_loss_sums) computes each
+slice of the output kernel's gradient in one matmul, and sums the hidden states' gradient over
+the pieces. This prints, for a small decoder in bfloat16, each chunk count's error in the
+output kernel's gradient (and in all gradients) against the same model in float32, unchunked:
+the rounding that chunking adds beside the rounding bfloat16 already has. Run it on an earlier
+checkout to compare another chunking (the step module is all it relies on):
 
     python benchmarks/loss_chunks.py                 # decoder, untied and tied output kernel
     python benchmarks/loss_chunks.py --attention_impl=cpu --length 512 --chunks 1 8 16

@@ -492,9 +492,9 @@ class TrainConfig(_Validated):
     batch_size: int = 16  # global batch, in packed rows
     grad_accum_steps: int = 1  # micro-batches per step; divides batch_size
     z_loss: float = 1e-4  # weight of log(Z)^2, keeps the softmax normalizer near 1
-    # The loss takes the logits this many pieces of the row at a time, recomputing each in the
-    # backward pass: the [B, L, V] float32 logits never exist whole (large vocabularies at long
-    # lengths). Divides the decoder length.
+    # The loss takes the logits this many pieces of the vocabulary at a time, recomputing each
+    # in the backward pass: the [B, L, V] float32 logits never exist whole (large vocabularies
+    # at long lengths). Divides ModelConfig.vocab_size.
     loss_chunks: int = 1
     seed: int = 0  # parameter initialization
     log_every: int = 10  # steps between metric lines
@@ -543,11 +543,9 @@ class RunConfig(_Validated):
                 f"{self.data.cooldown_mixture_or_task_name!r} is MeCo's cooldown source, but "
                 f"ObjectiveConfig.metadata_field is empty (no metadata stage, so no cooldown): "
                 f"set the field or clear the cooldown source")
-        decoder_len = lengths["targets"] if self.model.architecture == "encoder_decoder" \
-            else self.data.seq_len
-        if decoder_len % self.train.loss_chunks:
+        if self.model.vocab_size % self.train.loss_chunks:
             raise ConfigError(f"TrainConfig.loss_chunks = {self.train.loss_chunks} must divide "
-                              f"the decoder's row length {decoder_len}")
+                              f"ModelConfig.vocab_size = {self.model.vocab_size}")
         warmup, steps = self.optimizer.warmup_steps, self.schedule_steps
         if self.optimizer.schedule != "rsqrt" and warmup >= steps:
             raise ConfigError(f"OptimizerConfig.warmup_steps = {warmup}: must be below the "

@@ -19,8 +19,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from t5x_like.partitioning import constrain
-
 Batch = dict[str, jax.Array]
 TrainState = dict[str, Any]
 
@@ -36,9 +34,13 @@ def cross_entropy_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_
     A row whose weights are all zero contributes zeros, never NaN.
     """
     logits = logits_BxLxV.astype(jnp.float32)
-    log_z_BxL = jax.nn.logsumexp(logits, axis=-1)
-    max_logit_BxL = jnp.max(logits, axis=-1)
     target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+    return _sums(jax.nn.logsumexp(logits, axis=-1), target_logit_BxL,
+                 jnp.max(logits, axis=-1), weights_BxL, z_loss)
+
+
+def _sums(log_z_BxL: jax.Array, target_logit_BxL: jax.Array, max_logit_BxL: jax.Array,
+          weights_BxL: jax.Array, z_loss: float) -> dict[str, jax.Array]:
     weights = weights_BxL.astype(jnp.float32)
     correct = (target_logit_BxL >= max_logit_BxL).astype(jnp.float32)
     return {
@@ -50,7 +52,7 @@ def cross_entropy_sums(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_
 
 
 def _zero_sums() -> dict[str, jax.Array]:
-    """`cross_entropy_sums`' terms at zero: the start of a sum over pieces or micro-batches."""
+    """`cross_entropy_sums`' terms at zero: the start of a sum over micro-batches."""
     return {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct",
                                                      "weight")}
 
@@ -69,38 +71,49 @@ def model_hidden(model: nnx.Module, batch: Batch) -> jax.Array:
 def chunked_loss_sums(model: nnx.Module, hidden_BxLxD: jax.Array, targets_BxL: jax.Array,
                       weights_BxL: jax.Array, z_loss: float, chunks: int
                       ) -> dict[str, jax.Array]:
-    """`cross_entropy_sums` of model.logits(hidden), `chunks` pieces of the length at a time.
+    """`cross_entropy_sums` of model.logits(hidden), `chunks` pieces of the vocabulary at a time.
 
-    Each piece's logits are recomputed in the backward pass (jax.checkpoint), so the float32
-    [B, L, V] logits and their gradient never exist whole: at 8k tokens x 128k vocabulary that
-    is 4 GB a row, the largest buffer of the step.
+    The normalizer is an online logsumexp over the pieces, and each piece's logits are
+    recomputed in the backward pass (jax.checkpoint), so the float32 [B, L, V] logits and their
+    gradient never exist whole: at 8k tokens x 128k vocabulary that is 4 GB a row, the largest
+    buffer of the step. Piece c holds the columns c, c + chunks, ...: each shard of a
+    vocabulary-sharded kernel keeps its columns.
 
-    The output kernel is gathered once, before the loop: read inside it, FSDP gathered it twice
-    and all-reduced its gradient once per piece (Llama-3-8B on v5e-256, 8 pieces: all-gather
-    1.39x ZeRO-3's bytes, now 0.90x as unchunked). Its gradient sums across pieces in the
-    compute dtype, as the cross-chip reduction does: 8 pieces take a small bfloat16 decoder's
-    kernel-gradient error against float32 from 1.43% to 1.48%, as before the change
-    (benchmarks/loss_chunks.py); a float32 sum cost 3.7 GiB more per chip on v5e-256.
+    Pieces of the vocabulary, not of the row, because each piece then needs only its slice of
+    the output kernel: FSDP gathers the kernel and reduces its gradient once per pass, slice by
+    slice, and the gradient of each slice is one matmul, as unchunked. Pieces of the row each
+    needed the whole kernel: gathered per piece, Llama-3-8B on v5e-256 moved 1.39x ZeRO-3's
+    all-gather bytes at 8 pieces; gathered once before the loop, the kernel and its gradient's
+    sum held 2 GiB more per chip at 32k tokens (docs/benchmarks.md). The hidden states'
+    gradient sums over the pieces in float32 (the loop reads a float32 copy), which keeps it as
+    close to float32 compute as unchunked (benchmarks/loss_chunks.py).
     """
     if chunks == 1:
         return cross_entropy_sums(model.logits(hidden_BxLxD), targets_BxL, weights_BxL, z_loss)
-    batch, length = targets_BxL.shape
-    kernel_DxV = constrain(model.output_kernel(), (None, "vocab"))
-
-    def split(x):  # [B, L, ...] -> [chunks, B, L / chunks, ...]
-        return jnp.moveaxis(x.reshape(batch, chunks, length // chunks, *x.shape[2:]), 1, 0)
+    kernel_DxV = model.output_kernel()
+    d_model, vocab = kernel_DxV.shape
+    kernels_CxDxW = jnp.moveaxis(kernel_DxV.reshape(d_model, vocab // chunks, chunks), 2, 0)
+    piece_BxL, column_BxL = targets_BxL % chunks, targets_BxL // chunks
+    hidden32_BxLxD = hidden_BxLxD.astype(jnp.float32)
 
     @jax.checkpoint
-    def piece(h, t, w):
-        logits = model.logits(h, kernel_DxV)
-        return cross_entropy_sums(logits, t, w, z_loss)
+    def body(carry, xs):
+        max_BxL, sum_BxL, target_BxL = carry
+        kernel_DxW, c = xs
+        logits_BxLxW = model.logits(hidden32_BxLxD.astype(hidden_BxLxD.dtype), kernel_DxW)
+        # lse = max + log(sum exp(logits - max)) does not depend on max: no gradient through it
+        new_max_BxL = jax.lax.stop_gradient(jnp.maximum(max_BxL, jnp.max(logits_BxLxW, -1)))
+        sum_BxL = (sum_BxL * jnp.exp(max_BxL - new_max_BxL)
+                   + jnp.sum(jnp.exp(logits_BxLxW - new_max_BxL[..., None]), -1))
+        picked_BxL = jnp.take_along_axis(logits_BxLxW, column_BxL[..., None], axis=-1)[..., 0]
+        target_BxL = jnp.where(piece_BxL == c, picked_BxL, target_BxL)
+        return (new_max_BxL, sum_BxL, target_BxL), None
 
-    def body(total, xs):
-        return jax.tree.map(jnp.add, total, piece(*xs)), None
-
-    total, _ = jax.lax.scan(body, _zero_sums(), (split(hidden_BxLxD), split(targets_BxL),
-                                                 split(weights_BxL)))
-    return total
+    zeros_BxL = jnp.zeros(targets_BxL.shape, jnp.float32)
+    (max_BxL, sum_BxL, target_BxL), _ = jax.lax.scan(
+        body, (jnp.full_like(zeros_BxL, -jnp.inf), zeros_BxL, zeros_BxL),
+        (kernels_CxDxW, jnp.arange(chunks)))
+    return _sums(max_BxL + jnp.log(sum_BxL), target_BxL, max_BxL, weights_BxL, z_loss)
 
 
 def forward_sums(params: Any, graphdef: nnx.GraphDef, batch: Batch, z_loss: float,

@@ -4,6 +4,7 @@ this CPU host (needs libtpu; the tests that compile skip without it)."""
 import dataclasses
 import importlib.util
 
+import numpy as np
 import pytest
 
 from conftest import MICRO_MODEL
@@ -47,14 +48,19 @@ def test_an_fsdp_step_gathers_weights_and_reduces_gradients(report):
 
 @needs_libtpu
 def test_loss_chunks_move_no_more_bytes_than_the_whole_row(report):
-    """The output kernel is gathered, and its gradient reduced, once per step, not per piece:
-    per piece it was 1.39x ZeRO-3's all-gather bytes for Llama-3-8B on v5e-256."""
+    """The output kernel is gathered, and its gradient reduced, once per pass, a slice per piece
+    of the vocabulary: no more than the whole row's traffic, plus the backward pass's second
+    gather of the kernel (the pieces are recomputed). Pieces of the row gathered the whole
+    kernel per piece: 1.39x ZeRO-3's all-gather bytes for Llama-3-8B on v5e-256."""
     cfg = micro_run()
     chunked = aot.compile_for_topology(
         dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss_chunks=4)), "v5e-8")
-    for kind in ("all-gather", "all-reduce", "reduce-scatter"):
-        assert (chunked.collective_traffic_bytes[kind]
-                <= 1.001 * report.collective_traffic_bytes[kind]), kind
+    whole, pieces = report.collective_traffic_bytes, chunked.collective_traffic_bytes
+    kernel_gather = (cfg.model.d_model * cfg.model.vocab_size * 7 / 8
+                     * np.dtype(cfg.model.dtype).itemsize)
+    assert pieces["all-gather"] <= whole["all-gather"] + kernel_gather
+    for kind in ("all-reduce", "reduce-scatter"):
+        assert pieces[kind] <= whole[kind], kind
 
 
 @needs_libtpu
