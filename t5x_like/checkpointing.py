@@ -110,8 +110,8 @@ class Checkpointer:
     def _check_process_count(self, step: int) -> None:
         """The data iterator state is per process: refuse a resume with another process count.
 
-        Rows are dealt to processes by index, so N processes' positions do not translate into M
-        processes' positions; continuing anyway would repeat or skip data silently.
+        Every process's position is the same global batch index, but grain saves it as one
+        file per process, and M processes reading N processes' files is not built yet.
         """
         item_dir = pathlib.Path(self.directory, str(step), "data_iter")
         files = sorted(p.name for p in item_dir.glob("process_*"))

@@ -197,3 +197,37 @@ def test_prepare_summarizes_meco_metadata_per_split(stdlib_data):
         meta = s["metadata"]
         assert meta["documents"] == meta["with_metadata"] == s["documents"]
         assert meta["without_metadata"] == meta["continuations_without_prefix"] == 0
+
+
+def _process_shares(cfg, process_count, monkeypatch, steps):
+    """Each of `process_count` processes' first `steps` train batches, as the CLI builds them."""
+    shares = []
+    for p in range(process_count):
+        monkeypatch.setattr(inputs, "_shard_args", lambda c, p=p: dict(
+            global_batch_size=c.train.batch_size, process_index=p, process_count=process_count))
+        shares.append(_take(inputs.build_inputs(cfg)[1].train_iter, steps))
+    return shares
+
+
+@pytest.mark.parametrize("objective", ["causal-mixture", "ul2", "meco-ul2"])
+def test_global_batch_s_does_not_depend_on_the_process_count(stdlib_data, tmp_path, monkeypatch,
+                                                              objective):
+    """The processes' batches at step s, concatenated in process order, are the batch one
+    process trains on at step s, token for token (past MeCo's cooldown switch at step 5)."""
+    if objective == "causal-mixture":
+        prose = [{"text": "the cat sat on the mat " * (1 + i % 7)} for i in range(60)]
+        path = _write(tmp_path / "prose.jsonl", prose)
+        cfg = _cfg(stdlib_data, tasks=(TaskConfig(name="prose", train_source=path,
+                                                  eval_source=path),),
+                   mixtures={"mix": {"stdlib": 3.0, "prose": 1.0}}, mixture_or_task_name="mix")
+    else:
+        cfg = _meco_ul2_cfg(stdlib_data, "encoder_decoder",
+                            **({} if objective == "meco-ul2" else {"metadata_field": ""}))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=8))
+    (reference,) = _process_shares(cfg, 1, monkeypatch, 8)
+    for process_count in (2, 4):
+        shares = _process_shares(cfg, process_count, monkeypatch, 8)
+        for step, want in enumerate(reference):
+            for key, value in want.items():
+                got = np.concatenate([share[step][key] for share in shares])
+                assert np.array_equal(got, value), (process_count, step, key)

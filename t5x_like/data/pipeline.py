@@ -236,13 +236,17 @@ def make_train_iterator(
 ) -> grain.DatasetIterator:
     """Infinite iterator of this process's training batches, mixing ``tasks`` at ``rates``.
 
-    Each task's rows are split ``[process_index::process_count]``, shuffled with a per-task seed
-    and reshuffled every epoch; tasks are then interleaved deterministically in proportion to
-    ``rates`` (grain's mix: exact proportions, no sampling noise) and batched
-    (``global_batch_size // process_count`` rows). ``get_state()``/``set_state()`` resume exactly;
-    the iterator is checkpointable with ``grain.checkpoint.CheckpointSave``. ``start_batch``:
-    the first batch served is batch ``start_batch`` of the same sequence (random access, nothing
-    is read for the skipped ones); MeCo's cooldown continues the plain stream this way.
+    Global batch s is a function of (``seed``, s) alone, whatever the number of processes: each
+    task's rows are shuffled with a per-task seed and reshuffled every epoch, the tasks are
+    interleaved deterministically in proportion to ``rates`` (grain's mix: exact proportions,
+    no sampling noise), and that one global order is cut into batches of
+    ``global_batch_size`` rows. Process p serves the p-th contiguous share of each global
+    batch (``global_batch_size // process_count`` rows), so the processes' shares, in process
+    order, are the batch one process would serve, and each process reads only its own rows.
+    ``get_state()``/``set_state()`` resume exactly; the iterator is checkpointable with
+    ``grain.checkpoint.CheckpointSave``. ``start_batch``: the first batch served is batch
+    ``start_batch`` of the same sequence (random access, nothing is read for the skipped
+    ones); MeCo's cooldown continues the plain stream this way.
     """
     batch_size = _per_process_batch(global_batch_size, process_index, process_count)
     rates = list(rates) if rates is not None else [1.0] * len(tasks)
@@ -250,12 +254,14 @@ def make_train_iterator(
         raise ValueError(f"rates {rates} must be positive, one per task ({len(tasks)} tasks)")
     streams = []
     for t, task in enumerate(tasks):
-        if task.num_rows < process_count:
-            raise ValueError(f"task {t} has only {task.num_rows} rows for {process_count} processes")
-        streams.append(grain.MapDataset.source(np.arange(task.num_rows))[process_index::process_count]
+        if task.num_rows < 1:
+            raise ValueError(f"task {t} has no rows to train on")
+        streams.append(grain.MapDataset.source(np.arange(task.num_rows))
                        .seed(seed + 1000 * t).shuffle().repeat(None).map(_tag(t)))
     mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, rates)
-    ds = mixed.batch(batch_size, drop_remainder=True, batch_fn=np.asarray).map(_MixedBatch(tasks))
+    # Share k of the global order is global batch k // P's (k % P)-th share.
+    shares = mixed.batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
+    ds = shares[process_index::process_count].map(_MixedBatch(tasks))
     if start_batch:
         ds = ds[start_batch:]
     read = grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=2 * prefetch)
