@@ -90,16 +90,32 @@ def iter_text_file(path: str, metadata_fields: Sequence[str], stats: ReadStats) 
     yield text, ({"path": path} if "path" in metadata_fields else {}), path
 
 
+class UnreadableFile(ValueError):
+    """A Parquet or ArrayRecord file that does not open (truncated, corrupt, or another format).
+
+    Listing makes it one shard and reading that shard counts the file as ``unreadable_data``,
+    as a truncated ``.gz`` is: bad input never stops a job.
+    """
+
+
+def _lost_file(path: str, stats: ReadStats, unit: str, err: UnreadableFile) -> None:
+    """Count a file that does not open as one skipped ``unit``: it is lost whole."""
+    stats.read += 1
+    skips = SkipLog(path, stats, unit=unit)
+    skips.skip(path, f"unreadable_data ({err}; the whole file is lost: fix it, or remove it "
+               "from the source spec)")
+    skips.finish()
+
+
 def _open_parquet(path: str):
-    """``pyarrow.parquet.ParquetFile`` for ``path``; a file that is not Parquet raises ValueError."""
+    """``pyarrow.parquet.ParquetFile`` for ``path``; raises UnreadableFile if it does not open."""
     import pyarrow
     import pyarrow.parquet as pq
 
     try:
         return pq.ParquetFile(path)
     except (pyarrow.ArrowException, OSError) as err:
-        raise ValueError(f"{path}: not a readable Parquet file ({err}); remove it from the source "
-                         "spec or fix its extension") from err
+        raise UnreadableFile(f"not a readable Parquet file: {err}") from err
 
 
 def parquet_ranges(path: str, target_rows: int) -> list[tuple[int, int]]:
@@ -142,7 +158,10 @@ def iter_parquet(path: str, text_field: str, metadata_fields: Sequence[str], sta
     """Rows ``[start, stop)`` of a Parquet file, read batch by batch (never the whole file)."""
     import pyarrow
 
-    pf = _open_parquet(path)
+    try:
+        pf = _open_parquet(path)
+    except UnreadableFile as err:
+        return _lost_file(path, stats, "file", err)
     metadata = pf.metadata
     stop = metadata.num_rows if stop < 0 else min(stop, metadata.num_rows)
     skips = SkipLog(path, stats, unit="row")
@@ -187,7 +206,7 @@ def iter_parquet(path: str, text_field: str, metadata_fields: Sequence[str], sta
 
 
 def _array_record_reader(path: str):
-    """An ``ArrayRecordReader`` for sequential reading; a non-ArrayRecord file raises ValueError."""
+    """An ``ArrayRecordReader`` for sequential reading; raises UnreadableFile if it does not open."""
     from array_record.python.array_record_module import ArrayRecordReader
 
     try:
@@ -198,8 +217,7 @@ def _array_record_reader(path: str):
         detail = "reader not ok"
     except (RuntimeError, ValueError, OSError) as err:
         detail = str(err)
-    raise ValueError(f"{path}: not a readable ArrayRecord file ({detail}); remove it from the "
-                     "source spec or fix its name")
+    raise UnreadableFile(f"not a readable ArrayRecord file: {detail}")
 
 
 def array_record_count(path: str) -> int:
@@ -214,7 +232,10 @@ def array_record_count(path: str) -> int:
 def iter_array_record(path: str, text_field: str, metadata_fields: Sequence[str], stats: ReadStats,
                       start: int = 0, stop: int = -1) -> Iterator[Triple]:
     """Records ``[start, stop)`` of an ArrayRecord file of UTF-8 JSON objects (JSONL record rules)."""
-    reader = _array_record_reader(path)
+    try:
+        reader = _array_record_reader(path)
+    except UnreadableFile as err:
+        return _lost_file(path, stats, "file", err)
     stop = reader.num_records() if stop < 0 else min(stop, reader.num_records())
     skips = SkipLog(path, stats, unit="record")
     picker = MetadataPicker(metadata_fields)

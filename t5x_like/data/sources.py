@@ -125,6 +125,22 @@ def _row_ranges(n: int, target_rows: int) -> list[tuple[int, int]]:
     return [(a, min(a + target_rows, n)) for a in range(0, n, target_rows)] or [(0, -1)]
 
 
+def _file_ranges(path: str, fmt: str, target_bytes: int, target_rows: int
+                 ) -> list[tuple[int, int]]:
+    """The shards of one file; a Parquet or ArrayRecord file that does not open is one shard,
+    which reading counts as unreadable_data."""
+    try:
+        if fmt == "jsonl":
+            return _jsonl_ranges(path, target_bytes)
+        if fmt == "parquet":
+            return source_formats.parquet_ranges(path, target_rows)
+        if fmt == "array_record":
+            return _row_ranges(source_formats.array_record_count(path), target_rows)
+    except source_formats.UnreadableFile:
+        pass
+    return [(0, -1)]
+
+
 def _jsonl_ranges(path: str, target_bytes: int) -> list[tuple[int, int]]:
     """Line-aligned byte ranges of about ``target_bytes``; the last one runs to the end (-1)."""
     size = os.path.getsize(path)
@@ -174,15 +190,8 @@ def list_shards(
         paths = _expand(part, spec)
         formats = [detect_format(p) for p in paths]  # every name checked before any file is opened
         for path, fmt in zip(paths, formats):
-            if fmt == "jsonl":
-                ranges = _jsonl_ranges(path, target_shard_bytes)
-            elif fmt == "parquet":
-                ranges = source_formats.parquet_ranges(path, target_shard_rows)
-            elif fmt == "array_record":
-                ranges = _row_ranges(source_formats.array_record_count(path), target_shard_rows)
-            else:
-                ranges = [(0, -1)]
-            shards.extend(SourceShard(path, fmt, a, b) for a, b in ranges)
+            shards.extend(SourceShard(path, fmt, a, b)
+                          for a, b in _file_ranges(path, fmt, target_shard_bytes, target_shard_rows))
     return shards
 
 

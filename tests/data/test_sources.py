@@ -254,13 +254,22 @@ def test_labels():
     assert sources.SourceShard("tfds:x/c:1.0.0", "tfds", 0, 9, "train").label == "tfds:x/c:1.0.0:train[rows 0:9]"
 
 
-def test_files_that_lie_about_their_format(tmp_path):
+def test_files_that_do_not_open_are_counted_not_raised(tmp_path, caplog):
+    """A truncated Parquet file (no footer), or one in another format, is lost whole and
+    counted, as a truncated .gz is; the good file beside it is read in full."""
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(50)]}), good, row_group_size=10)
+    (tmp_path / "cut.parquet").write_bytes(good.read_bytes()[:-100])
     (tmp_path / "fake.parquet").write_text('{"text": "not parquet"}\n')
     (tmp_path / "fake.array_record").write_text("not array_record\n")
-    with pytest.raises(ValueError, match=r"fake\.parquet: not a readable Parquet file"):
-        sources.list_shards(str(tmp_path / "fake.parquet"))
-    with pytest.raises(ValueError, match=r"fake\.array_record: not a readable ArrayRecord file"):
-        sources.list_shards(str(tmp_path / "fake.array_record"))
+    with caplog.at_level(logging.WARNING):
+        docs, stats = _read_all(f"{tmp_path}/*.parquet,{tmp_path}/fake.array_record")
+    assert len(docs) == 50 and stats.skipped == {"unreadable_data": 3} and stats.accounted
+    for name, kind in (("cut", "Parquet"), ("fake", "Parquet"), ("fake", "ArrayRecord")):
+        suffix = "parquet" if kind == "Parquet" else "array_record"
+        assert (f"{tmp_path}/{name}.{suffix}: skipping file: unreadable_data (not a readable "
+                f"{kind} file") in caplog.text
+    assert "the whole file is lost: fix it, or remove it from the source spec" in caplog.text
 
 
 def test_corrupt_array_record_chunk_costs_only_its_records(tmp_path, caplog):
