@@ -238,8 +238,8 @@ def compile_for_topology(cfg: RunConfig, topology_name: str, num_slices: int = 1
     """
     topo = topology(topology_name)
     devices = topology_devices(topology_name, num_slices)
-    mesh = make_mesh(cfg.mesh.ici_shape, cfg.mesh.dcn_shape, devices=devices)
-    partitioner = Partitioner(mesh, cfg.mesh.logical_axis_rules)
+    partitioner = trainer.default_partitioner(cfg, devices)
+    mesh = partitioner.mesh
     trainer.check_batch_size(cfg, partitioner)
     tx, schedule = optim.make_optimizer(cfg.optimizer, cfg.schedule_steps)
     layout = state_lib.state_layout(trainer.default_model_factory(cfg), tx, partitioner)

@@ -25,13 +25,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5x_like.config import ModelConfig
+from t5x_like.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint was written by a different model than the one being restored."""
+class CheckpointMismatchError(ConfigError):
+    """The checkpoint cannot resume this run: another model, another process count, or a part
+    missing. A ConfigError, so the CLI prints it as one line; it names the checkpoint and what
+    to do."""
 
 
 class Checkpointer:
@@ -122,6 +124,12 @@ class Checkpointer:
                 f"{files[0].rsplit('-of-', 1)[1][:-5]} process(es) ({', '.join(files)}); this run "
                 f"has {jax.process_count()}. Resume with the same number of processes (the mesh "
                 "may differ), or start a fresh MODEL_DIR from these weights.")
+        own = item_dir / f"process_{jax.process_index()}{want}"
+        if item_dir.is_dir() and not own.is_file():
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory}/{step} is incomplete: {own} (this process's data "
+                f"iterator state) is missing. Delete {self.directory}/{step} to resume from the "
+                "checkpoint before it, or start a fresh MODEL_DIR.")
 
     def wait(self) -> None:
         """Block until pending async saves are on disk."""

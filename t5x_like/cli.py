@@ -111,6 +111,9 @@ def cmd_train(args, flags) -> int:
     checkpoint: a SIGTERM saves at the next step and exits 0)."""
     from t5x_like import gin_loader, inputs, trainer
     cfg = _load(args, flags)
+    if os.path.exists(cfg.train.model_dir) and not os.path.isdir(cfg.train.model_dir):
+        raise ConfigError(f"MODEL_DIR = {cfg.train.model_dir!r} is a file, not a directory: "
+                          "name a directory (created if missing), or move the file away")
     if _join(cfg):
         print(f"MODEL_DIR: {os.path.abspath(cfg.train.model_dir)}", flush=True)
         gin_loader.write_operative_config(cfg.train.model_dir)

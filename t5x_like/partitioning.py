@@ -22,16 +22,25 @@ MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, Any]]
 
 
-def _fill(shape: Sequence[int], total: int, what: str) -> tuple[int, ...]:
+class MeshShapeError(ValueError):
+    """A mesh shape that the devices do not fill; `level` is 'ici' or 'dcn', `shape` the
+    (data, fsdp, tensor) sizes asked for, so a caller can name its own config keys."""
+
+    def __init__(self, reason: str, level: str, shape: Sequence[int]):
+        super().__init__(f"{level} mesh shape {tuple(shape)}: {reason}")
+        self.reason, self.level, self.shape = reason, level, tuple(shape)
+
+
+def _fill(shape: Sequence[int], total: int, level: str) -> tuple[int, ...]:
     """Resolve one -1 entry so the product equals `total`."""
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if total % known:
-            raise ValueError(f"{what} {tuple(shape)}: {total} devices do not divide by {known}")
+            raise MeshShapeError(f"{total} devices do not divide by {known}", level, shape)
         shape = [total // known if s == -1 else s for s in shape]
     if math.prod(shape) != total:
-        raise ValueError(f"{what} {tuple(shape)} holds {math.prod(shape)} devices, but {total} "
-                         f"are available; make the product match or set one axis to -1")
+        raise MeshShapeError(f"holds {math.prod(shape)} devices, but {total} are available; "
+                             "make the product match or set one axis to -1", level, shape)
     return tuple(shape)
 
 
@@ -45,8 +54,11 @@ def make_mesh(ici_shape: Sequence[int], dcn_shape: Sequence[int] = (1, 1, 1),
     """
     devices = list(devices if devices is not None else jax.devices())
     dcn = _fill(dcn_shape, _num_slices(devices) if -1 in dcn_shape else math.prod(dcn_shape),
-                "dcn mesh shape")
-    ici = _fill(ici_shape, len(devices) // math.prod(dcn), "ici mesh shape")
+                "dcn")
+    if len(devices) % math.prod(dcn):
+        raise MeshShapeError(f"{len(devices)} devices do not split into {math.prod(dcn)} "
+                             "slices", "dcn", dcn_shape)
+    ici = _fill(ici_shape, len(devices) // math.prod(dcn), "ici")
     if math.prod(dcn) == 1:
         grid = mesh_utils.create_device_mesh(ici, devices=devices, allow_split_physical_axes=True)
     elif not _has_slices(devices):

@@ -22,7 +22,7 @@ from t5x_like.config import ConfigError, RunConfig, flops_per_token
 from t5x_like.inputs import Inputs
 from t5x_like.metrics import MetricsWriter, drop_rows_to_redo, peak_flops_per_device
 from t5x_like.models.decoder import Decoder
-from t5x_like.partitioning import Partitioner, make_mesh
+from t5x_like.partitioning import MeshShapeError, Partitioner, make_mesh
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,18 @@ def default_model_factory(cfg: RunConfig) -> Callable[[nnx.Rngs], nnx.Module]:
     return lambda rngs: Decoder(cfg.model, rngs=rngs)
 
 
-def default_partitioner(cfg: RunConfig) -> Partitioner:
-    """A mesh over all devices shaped by `cfg.mesh`."""
-    mesh = make_mesh(cfg.mesh.ici_shape, cfg.mesh.dcn_shape)
+def default_partitioner(cfg: RunConfig, devices=None) -> Partitioner:
+    """A mesh over `devices` (default: all) shaped by `cfg.mesh`; a shape they do not fill is
+    a ConfigError that names the MeshConfig keys."""
+    try:
+        mesh = make_mesh(cfg.mesh.ici_shape, cfg.mesh.dcn_shape, devices=devices)
+    except MeshShapeError as e:
+        where = "within a slice" if e.level == "ici" else "across slices"
+        raise ConfigError(
+            f"MeshConfig.{e.level}_data/{e.level}_fsdp/{e.level}_tensor = {e.shape} "
+            f"(the mesh {where}): {e.reason}, e.g. "
+            + ("--gin.MeshConfig.ici_data=1 --gin.MeshConfig.ici_fsdp=-1" if e.level == "ici"
+               else "--gin.MeshConfig.dcn_data=-1 (one replica per slice)")) from None
     return Partitioner(mesh, cfg.mesh.logical_axis_rules)
 
 

@@ -60,6 +60,13 @@ def test_bad_flag_exits_2_with_the_key_named(capsys):
     assert "TRAIN_STEPZ" in capsys.readouterr().err
 
 
+def test_a_model_dir_that_is_a_file_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "run").write_text("not a directory")
+    assert cli.main(["train", f"--gin.MODEL_DIR='{tmp_path / 'run'}'"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"MODEL_DIR = '{tmp_path / 'run'}' is a file" in err
+
+
 @pytest.mark.parametrize("gin_file", ["runs/ul2_tiny.gin", "runs/ul2_decoder_tiny.gin"])
 def test_ul2_trains_on_both_architectures_and_generates_with_a_mode(stdlib_data, tmp_path,
                                                                      gin_file, capsys):

@@ -21,6 +21,19 @@ def test_wrong_mesh_product_is_a_clear_error():
         make_mesh((3, 2, 1))
 
 
+def test_a_mesh_the_devices_do_not_fill_names_its_config_keys():
+    from t5x_like import trainer
+    from t5x_like.config import ConfigError, RunConfig
+    for mesh, message in (
+            (MeshConfig(ici_data=3), r"MeshConfig.ici_data/ici_fsdp/ici_tensor = \(3, -1, 1\) "
+             r"\(the mesh within a slice\): 8 devices do not divide by 3, e.g. "
+             r"--gin.MeshConfig.ici_data=1 --gin.MeshConfig.ici_fsdp=-1"),
+            (MeshConfig(dcn_data=3), r"MeshConfig.dcn_data/dcn_fsdp/dcn_tensor = \(3, 1, 1\) "
+             r"\(the mesh across slices\): 8 devices do not split into 3 slices")):
+        with pytest.raises(ConfigError, match=message):
+            trainer.default_partitioner(RunConfig(mesh=mesh))
+
+
 def test_dcn_axes_are_outermost_by_process():
     mesh = make_mesh((1, 4, 1), dcn_shape=(2, 1, 1))
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}

@@ -119,6 +119,17 @@ def test_adafactor_trains_on_a_sharded_mesh(tmp_path):
     assert losses[6] < losses[1]
 
 
+def test_a_checkpoint_missing_its_data_iterator_state_says_how_to_go_on(reference, tmp_path):
+    import shutil
+    model_dir = tmp_path / "copy"
+    shutil.copytree(reference[0], model_dir)
+    (model_dir / "checkpoints" / "6" / "data_iter" / "process_0-of-1.json").unlink()
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoints/6 is incomplete: .*"
+                       r"process_0-of-1.json \(this process's data iterator state\) is missing. "
+                       r"Delete .*checkpoints/6 to resume from the checkpoint before it"):
+        trainer.train(_cfg(model_dir, steps=8), _inputs(), partitioner=partitioner_for((1, 1, 1)))
+
+
 def test_resume_with_another_process_count_is_refused(reference, tmp_path):
     import shutil
     model_dir = tmp_path / "copy"
