@@ -108,7 +108,19 @@ def _join(cfg) -> bool:
 
 def cmd_train(args, flags) -> int:
     """Train to TRAIN_STEPS, resuming from MODEL_DIR's latest checkpoint (or from a preemption
-    checkpoint: a SIGTERM saves at the next step and exits 0)."""
+    checkpoint: a SIGTERM saves at the next step and exits 0; before the first step, while
+    data is prepared or the step compiles, it exits 0 with nothing to save)."""
+    from t5x_like import distributed
+    try:
+        with distributed.sigterm_exits_until_the_loop():
+            return _train(args, flags)
+    except distributed.StartupInterrupted:
+        log.warning("SIGTERM before the training loop started: nothing to save yet, exiting; "
+                    "a relaunch starts where the last checkpoint left off")
+        return 0
+
+
+def _train(args, flags) -> int:
     from t5x_like import gin_loader, inputs, trainer
     cfg = _load(args, flags)
     if os.path.exists(cfg.train.model_dir) and not os.path.isdir(cfg.train.model_dir):

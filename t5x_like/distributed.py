@@ -16,6 +16,7 @@ Where the coordinator comes from, first match wins:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -152,6 +153,34 @@ def exit_after_fatal(code: int = 1) -> None:
         os._exit(code)
 
 
+class StartupInterrupted(BaseException):
+    """SIGTERM before the training loop began: no step ran, so there is nothing to save.
+
+    A BaseException, so that no `except Exception` on the way (prepare, compile) swallows it.
+    """
+
+
+def _startup_sigterm(signum, frame) -> None:
+    del signum, frame
+    raise StartupInterrupted
+
+
+@contextlib.contextmanager
+def sigterm_exits_until_the_loop():
+    """Within this block a SIGTERM raises StartupInterrupted, until PreemptionGuard takes the
+    signal over at the training loop: a job preempted while it prepares data or compiles exits
+    with a message instead of dying silently. Main thread only (where Python gets signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _startup_sigterm)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _startup_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+
 class PreemptionGuard:
     """Tells the loop at which step boundary to save a checkpoint and stop, on every process.
 
@@ -171,6 +200,8 @@ class PreemptionGuard:
         # Python delivers signals to the main thread only; elsewhere SIGTERM keeps its default.
         if not self._use_jax and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            if self._previous is _startup_sigterm:  # the loop is past start-up
+                self._previous = signal.SIG_DFL
 
     def _on_sigterm(self, signum, frame) -> None:
         del frame

@@ -323,3 +323,23 @@ def test_sigterm_in_one_process_saves_at_the_next_step_and_resumes_exactly(one_p
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3]
     trainer.train(cfg, make_inputs(cfg, 0, 1))
     assert losses_of(read_metrics(str(tmp_path))) == losses_of(one_process_run[1])
+
+
+def test_sigterm_before_the_loop_exits_0_with_a_message_and_saves_nothing(stdlib_data,
+                                                                          tmp_path):
+    """Preempted while it starts (prepare, restore, compile), `t5x-like train` says so and
+    exits 0 on its own, rather than dying silently: there is no step to save yet."""
+    flags = _cli_flags(stdlib_data.data_dir, tmp_path / "run", 4)
+    proc = subprocess.Popen([sys.executable, "-m", "t5x_like.cli", "train", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"PYTHONPATH": str(REPO)})
+    lines = []
+    for line in proc.stdout:  # the first line it prints, before reading data or compiling
+        lines.append(line)
+        if line.startswith("MODEL_DIR:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=JOB_TIMEOUT_S) == 0, output
+    assert "SIGTERM before the training loop started: nothing to save yet" in output
+    assert "step 1:" not in output and not (tmp_path / "run" / "checkpoints").exists()
