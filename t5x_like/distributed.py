@@ -160,8 +160,14 @@ class StartupInterrupted(BaseException):
     """
 
 
+_STARTUP_SIGTERM = threading.Event()
+
+
 def _startup_sigterm(signum, frame) -> None:
+    # The flag outlives the exception: raised inside a finalizer (__del__, a weakref callback),
+    # Python would print and drop it, and the PreemptionGuard checks the flag instead.
     del signum, frame
+    _STARTUP_SIGTERM.set()
     raise StartupInterrupted
 
 
@@ -173,12 +179,14 @@ def sigterm_exits_until_the_loop():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _STARTUP_SIGTERM.clear()
     previous = signal.signal(signal.SIGTERM, _startup_sigterm)
     try:
         yield
     finally:
         if signal.getsignal(signal.SIGTERM) is _startup_sigterm:
             signal.signal(signal.SIGTERM, previous)
+        _STARTUP_SIGTERM.clear()
 
 
 class PreemptionGuard:
@@ -191,6 +199,8 @@ class PreemptionGuard:
     """
 
     def __init__(self):
+        if _STARTUP_SIGTERM.is_set():  # a start-up SIGTERM whose exception was dropped
+            raise StartupInterrupted
         self._use_jax = jax.distributed.is_initialized()
         if self._use_jax and not jax.config.jax_enable_preemption_service:
             raise ConfigError("jax_enable_preemption_service is off: a multi-process run "
