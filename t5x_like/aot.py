@@ -26,7 +26,6 @@ import numpy as np
 
 from t5x_like import hlo_collectives, optim, state as state_lib, trainer
 from t5x_like.config import ConfigError, RunConfig, flops_per_token
-from t5x_like.partitioning import Partitioner, make_mesh
 
 GIB = 2**30
 

@@ -79,14 +79,11 @@ def chunked_loss_sums(model: nnx.Module, hidden_BxLxD: jax.Array, targets_BxL: j
     buffer of the step. Piece c holds the columns c, c + chunks, ...: each shard of a
     vocabulary-sharded kernel keeps its columns.
 
-    Pieces of the vocabulary, not of the row, because each piece then needs only its slice of
-    the output kernel: FSDP gathers the kernel and reduces its gradient once per pass, slice by
-    slice, and the gradient of each slice is one matmul, as unchunked. Pieces of the row each
-    needed the whole kernel: gathered per piece, Llama-3-8B on v5e-256 moved 1.39x ZeRO-3's
-    all-gather bytes at 8 pieces; gathered once before the loop, the kernel and its gradient's
-    sum held 2 GiB more per chip at 32k tokens (docs/benchmarks.md). The hidden states'
-    gradient sums over the pieces in float32 (the loop reads a float32 copy), which keeps it as
-    close to float32 compute as unchunked (benchmarks/loss_chunks.py).
+    Pieces of the vocabulary, not of the row: a piece then needs only its slice of the output
+    kernel, so FSDP gathers the kernel and reduces its gradient once per pass, and each slice's
+    gradient is one matmul, as unchunked. The hidden states' gradient sums over the pieces, in
+    float32 because the loop reads a float32 copy. The measurements behind both choices are in
+    docs/benchmarks.md ("Loss chunks over the vocabulary").
     """
     if chunks == 1:
         return cross_entropy_sums(model.logits(hidden_BxLxD), targets_BxL, weights_BxL, z_loss)

@@ -84,22 +84,26 @@ def test_gradient_accumulation_equals_full_batch(setup):
         assert float(jnp.abs(a - b).max()) <= 1e-4 * float(jnp.abs(a).max())
 
 
-def test_chunked_loss_equals_the_whole_row_with_gradients(setup):
-    """TrainConfig.loss_chunks: the same sums and gradients, logits taken a piece at a time."""
-    state, batch, fn = setup
-    graphdef = fn.keywords["graphdef"]
-    grads = {n: jax.jit(lambda p, b, n=n: step.accumulated_grads(
-        p, graphdef, b, z_loss=1e-4, grad_accum_steps=1, loss_chunks=n))(state["params"], batch)
-        for n in (1, 4)}
+def _assert_chunks_equal_the_whole_row(graphdef, params, batch, chunks=4):
+    """Loss sums and gradients with the vocabulary in `chunks` pieces equal the whole row's."""
+    grads = {n: jax.jit(lambda p, n=n: step.accumulated_grads(
+        p, graphdef, batch, z_loss=1e-4, grad_accum_steps=1, loss_chunks=n))(params)
+        for n in (1, chunks)}
     for key, value in grads[1][1].items():
-        assert float(grads[4][1][key]) == pytest.approx(float(value), rel=1e-5), key
-    for a, b in zip(jax.tree.leaves(grads[1][0]), jax.tree.leaves(grads[4][0])):
+        assert float(grads[chunks][1][key]) == pytest.approx(float(value), rel=1e-5), key
+    for a, b in zip(jax.tree.leaves(grads[1][0]), jax.tree.leaves(grads[chunks][0])):
         assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(a).max())
+
+
+def test_chunked_loss_equals_the_whole_row_with_gradients(setup):
+    """TrainConfig.loss_chunks: the same sums and gradients, the vocabulary a piece at a time."""
+    state, batch, fn = setup
+    _assert_chunks_equal_the_whole_row(fn.keywords["graphdef"], state["params"], batch)
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["lm_head", "tied-scaled"])
 def test_chunked_encoder_decoder_loss_equals_the_whole_row(tied):
-    """T5's logits through the kernel the loss fetches once: untied, and tied with T5 v1.0's
+    """T5's logits through slices of its output kernel: untied, and tied with T5 v1.0's
     d_model ** -0.5 scaling of the hidden states."""
     cfg = ModelConfig(architecture="encoder_decoder", vocab_size=64, d_model=16, num_layers=2,
                       num_encoder_layers=2, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
@@ -107,13 +111,7 @@ def test_chunked_encoder_decoder_loss_equals_the_whole_row(tied):
     graphdef, params = nnx.split(EncoderDecoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
     params = nnx.to_pure_dict(params)
     batch = {k: jnp.asarray(v) for k, v in random_seq2seq_rows(4, 12, 16, 64).items()}
-    grads = {n: jax.jit(lambda p, n=n: step.accumulated_grads(
-        p, graphdef, batch, z_loss=1e-4, grad_accum_steps=1, loss_chunks=n))(params)
-        for n in (1, 4)}
-    for key, value in grads[1][1].items():
-        assert float(grads[4][1][key]) == pytest.approx(float(value), rel=1e-5), key
-    for a, b in zip(jax.tree.leaves(grads[1][0]), jax.tree.leaves(grads[4][0])):
-        assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(a).max())
+    _assert_chunks_equal_the_whole_row(graphdef, params, batch)
 
 
 def test_non_finite_loss_leaves_state_untouched(setup):

@@ -161,7 +161,8 @@ def iter_parquet(path: str, text_field: str, metadata_fields: Sequence[str], sta
     try:
         pf = _open_parquet(path)
     except UnreadableFile as err:
-        return _lost_file(path, stats, "file", err)
+        _lost_file(path, stats, "file", err)
+        return
     metadata = pf.metadata
     stop = metadata.num_rows if stop < 0 else min(stop, metadata.num_rows)
     skips = SkipLog(path, stats, unit="row")
@@ -235,7 +236,8 @@ def iter_array_record(path: str, text_field: str, metadata_fields: Sequence[str]
     try:
         reader = _array_record_reader(path)
     except UnreadableFile as err:
-        return _lost_file(path, stats, "file", err)
+        _lost_file(path, stats, "file", err)
+        return
     stop = reader.num_records() if stop < 0 else min(stop, reader.num_records())
     skips = SkipLog(path, stats, unit="record")
     picker = MetadataPicker(metadata_fields)

@@ -81,15 +81,16 @@ class Decoder(nnx.Module):
         return self.final_norm(x_BxLxD)
 
     def output_kernel(self) -> jax.Array:
-        """The [D, V] projection onto the vocabulary, in the compute dtype."""
+        """The [D, V] projection onto the vocabulary, in the compute dtype (the loss may take
+        it a slice of columns at a time)."""
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_embeddings:
             return self.token_embed[...].astype(dtype).T
         return self.lm_head[...].astype(dtype)
 
     def logits(self, x_BxLxD: jax.Array, kernel_DxV: jax.Array | None = None) -> jax.Array:
-        """Float32 logits [B, L, V] of hidden states (any L: the loss may take them in chunks,
-        passing `output_kernel()` fetched once for all of them)."""
+        """Float32 logits [B, L, V] of hidden states, or [B, L, W] for a [D, W] `kernel_DxV`
+        slice of `output_kernel()`."""
         kernel_DxV = self.output_kernel() if kernel_DxV is None else kernel_DxV
         logits_BxLxV = self.kernels.dense(x_BxLxD, kernel_DxV)
         return constrain(logits_BxLxV.astype(jnp.float32), ("batch", "length", "vocab"))

@@ -198,15 +198,16 @@ class EncoderDecoder(nnx.Module):
                             segment_ids_BxM, positions_BxM, encoder_segment_ids_BxL)
 
     def output_kernel(self) -> jax.Array:
-        """The [D, V] projection onto the vocabulary, in the compute dtype."""
+        """The [D, V] projection onto the vocabulary, in the compute dtype (the loss may take
+        it a slice of columns at a time)."""
         dtype = jnp.dtype(self.cfg.dtype)
         if self.cfg.tie_embeddings:
             return self.token_embed[...].astype(dtype).T
         return self.lm_head[...].astype(dtype)
 
     def logits(self, y_BxMxD: jax.Array, kernel_DxV: jax.Array | None = None) -> jax.Array:
-        """Float32 logits [B, M, V] of the decoder's final-normed hidden states (any M; the loss
-        may take them in chunks, passing `output_kernel()` fetched once for all of them)."""
+        """Float32 logits [B, M, V] of the decoder's final-normed hidden states, or [B, M, W]
+        for a [D, W] `kernel_DxV` slice of `output_kernel()`."""
         kernel_DxV = self.output_kernel() if kernel_DxV is None else kernel_DxV
         if self.cfg.tie_embeddings:
             y_BxMxD = y_BxMxD * jnp.asarray(self.cfg.d_model ** -0.5, self.cfg.dtype)
