@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any
+import hashlib
+from typing import Any, Literal
 
 # Logical axis name -> mesh axes, first match wins per array dimension (T5X/MaxText style).
 # Mesh axes already used by an earlier dimension of the same array are skipped, so e.g. a
@@ -59,6 +60,8 @@ def _matches(value: Any, annotation: Any) -> bool:
         return any(_matches(value, a) for a in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
+    if origin is Literal:
+        return value in typing.get_args(annotation)
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:
@@ -75,6 +78,13 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, dict) and all(
             _matches(k, key_t) and _matches(v, val_t) for k, v in value.items())
     return isinstance(value, origin or annotation)
+
+
+def _expected(annotation: Any, value: Any) -> str:
+    """Why ``value`` does not fit ``annotation``: the choices of a Literal, else the type."""
+    if typing.get_origin(annotation) is Literal:
+        return f"choose one of {typing.get_args(annotation)}"
+    return f"expected {annotation}, got {type(value).__name__}"
 
 
 def _freeze(value: Any) -> Any:
@@ -94,8 +104,7 @@ class _Validated:
             value = _freeze(getattr(self, field.name))
             object.__setattr__(self, field.name, value)
             if not _matches(value, hints[field.name]):
-                self._fail(field.name, value,
-                           f"expected {hints[field.name]}, got {type(value).__name__}")
+                self._fail(field.name, value, _expected(hints[field.name], value))
         self._validate()
 
     def _validate(self) -> None:
@@ -349,7 +358,24 @@ class OptimizerConfig(_Validated):
         self._require(self.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 disables)")
 
 
-OBJECTIVES = ("causal_lm", "prefix_lm", "span_corruption", "ul2", "ul2r")
+# The objectives `t5x_like.data` builds rows for, and the TASK_FEATURE_LENGTHS keys each needs.
+# An objective module adds itself with `t5x_like.data.rows.register` (docs/data.md).
+OBJECTIVE_FEATURES: dict[str, frozenset[str]] = {
+    "causal_lm": frozenset({"targets"}),
+    **{name: frozenset({"inputs", "targets"})
+       for name in ("prefix_lm", "span_corruption", "ul2", "ul2r")},
+}
+Paradigm = Literal["R", "X", "S"]
+SentinelPolicy = Literal["cap", "error"]  # cap: merge spans beyond the sentinels | error: refuse
+MetadataKind = Literal["domain", "url", "value"]
+MissingMetadata = Literal["placeholder", "skip"]
+Continuation = Literal["repeat", "first_only"]
+Packer = Literal["best_fit", "first_fit", "concat"]
+
+
+def register_objective(name: str, feature_keys: frozenset[str]) -> None:
+    """Let ObjectiveConfig.name take ``name``, whose rows need ``feature_keys`` lengths."""
+    OBJECTIVE_FEATURES[name] = frozenset(feature_keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,46 +389,44 @@ class ObjectiveConfig(_Validated):
     # Overrides the preset's table: (paradigm R|X|S, mean span length, noise rate, mixing rate,
     # mode token or ''). For S, the "noise rate" is the mean target fraction d: the split is
     # uniform so that the target fraction is ~U[0, 2d].
-    denoisers: tuple[tuple[str, float, float, float, str], ...] = ()
+    denoisers: tuple[tuple[Paradigm, float, float, float, str], ...] = ()
     use_mode_tokens: bool = True  # prepend each denoiser's mode token to its inputs
-    sentinel_policy: str = "cap"  # cap: merge spans beyond the tokenizer's sentinels | error
+    sentinel_policy: SentinelPolicy = "cap"
     random_roll: bool = False  # roll each noise mask by a random offset (sentinels still pair up)
     # MeCo (metadata conditioning, then cooldown): '' = off; else the record field whose value
     # prefixes each document ("URL: en.wikipedia.org\n\n") until the cooldown step. Composes with
     # every objective: causal_lm rows are [BOS] prefix doc [EOS]; denoising inputs are
     # [mode] prefix <noised text> [EOS] (never noised, no loss, counted in the inputs budget).
     metadata_field: str = ""
-    metadata_kind: str = "domain"  # domain (of a URL) | url (as given) | value (any scalar field)
+    metadata_kind: MetadataKind = "domain"  # the host of a URL | the URL as given | any scalar
+    # The prefix text; '{value}' is replaced, literal braces are doubled.
     metadata_template: str = "URL: {value}\n\n"
-    missing_metadata: str = "placeholder"  # placeholder (the text below) | skip (no prefix)
+    missing_metadata: MissingMetadata = "placeholder"  # the placeholder below | no prefix
     metadata_placeholder: str = "unknown"
     # A long document's continuation pieces: 'repeat' the prefix on each, or 'first_only'.
-    metadata_continuation: str = "repeat"
+    metadata_continuation: Continuation = "repeat"
     # From step floor(cooldown_fraction * schedule steps) on, no example carries metadata.
     cooldown_fraction: float = 0.9
 
     def _validate(self):
-        self._require(self.name in OBJECTIVES, "name", f"choose one of {OBJECTIVES}")
-        self._require("{value}" in self.metadata_template, "metadata_template",
-                      "must contain {value}")
-        self._require(self.metadata_kind in ("domain", "url", "value"), "metadata_kind",
-                      "must be domain, url or value")
-        self._require(self.missing_metadata in ("placeholder", "skip"), "missing_metadata",
-                      "must be placeholder or skip")
-        self._require(self.metadata_continuation in ("repeat", "first_only"),
-                      "metadata_continuation", "must be repeat or first_only")
+        self._require(self.name in OBJECTIVE_FEATURES, "name",
+                      f"choose one of {tuple(OBJECTIVE_FEATURES)}")
+        try:
+            ok = "{value}" in self.metadata_template and bool(
+                self.metadata_template.format(value="x"))
+        except (KeyError, IndexError, ValueError):
+            ok = False
+        self._require(ok, "metadata_template", "must contain {value} and no other field "
+                                               "(double literal braces: '{{', '}}')")
+        self._require(self.missing_metadata == "skip" or bool(self.metadata_placeholder.strip()),
+                      "metadata_placeholder", "missing_metadata='placeholder' needs a non-blank "
+                                              "placeholder (the paper's 'unknown'), or use 'skip'")
         self._require(0.0 <= self.cooldown_fraction <= 1.0, "cooldown_fraction",
                       "must be in [0, 1]")
-        self._require(self.sentinel_policy in ("cap", "error"), "sentinel_policy",
-                      "must be cap or error")
         for i, (kind, mu, rate, weight, _) in enumerate(self.denoisers):
-            self._require(kind in ("R", "X", "S"), "denoisers", f"row {i}: paradigm must be R, X or S")
             self._require(weight > 0 and 0 < rate < 1, "denoisers",
                           f"row {i}: need 0 < noise rate < 1 and a positive mixing rate")
             self._require(kind == "S" or mu >= 1, "denoisers", f"row {i}: mean span must be >= 1")
-
-
-PACKERS = ("best_fit", "first_fit", "concat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,7 +468,7 @@ class DataConfig(_Validated):
     tokenizer_extra_ids: int = 0  # ids appended after the sentencepiece model (T5: 100 sentinels)
     data_dir: str = ""  # '' = the repository's data/ (or ~/.cache/t5x_like/data)
     seed: int = 0  # row order, per-epoch reshuffles and score sampling
-    packer: str = "best_fit"  # best_fit (OBFD) | first_fit | concat (concatenate-then-split)
+    packer: Packer = "best_fit"  # best_fit (OBFD) | first_fit | concat (concatenate-then-split)
     pack_window: int = 0  # pieces packed together; 0 = the whole dataset (offline plan)
     # Read and pack the train split on the fly (windows of pack_window pieces), no prepare step.
     streaming: bool = False
@@ -461,7 +485,6 @@ class DataConfig(_Validated):
                       "lengths must be positive")
         self._require(bool(self.mixture_or_task_name), "mixture_or_task_name",
                       "name a task or mixture, 'stdlib', or give a source path/glob")
-        self._require(self.packer in PACKERS, "packer", f"choose one of {PACKERS}")
         self._require(self.pack_window >= 0, "pack_window", "must be >= 0")
         self._require(not self.streaming or self.pack_window > 0, "pack_window",
                       "streaming packs windows: set a window of pieces, e.g. 10000")
@@ -481,6 +504,29 @@ class DataConfig(_Validated):
     def seq_len(self) -> int:
         """Packed row length of the decoder (decoder-only denoising: inputs + targets)."""
         return sum(self.task_feature_lengths.values())
+
+    def tasks_of(self, name: str = "") -> tuple[tuple[TaskConfig, ...], tuple[float, ...]]:
+        """The tasks of ``name`` (default: mixture_or_task_name) and their mixing rates.
+
+        A source path, glob or 'tfds:...' is an unnamed task named after a hash of its spec,
+        so that its prepared data has a directory of its own.
+        """
+        name = name or self.mixture_or_task_name
+        by_name = {"stdlib": TaskConfig()} | {t.name: t for t in self.tasks}
+        if name in self.mixtures:
+            rates = self.mixtures[name]
+            return tuple(by_name[t] for t in rates), tuple(rates.values())
+        if name in by_name:
+            return (by_name[name],), (1.0,)
+        if any(c in name for c in "/.*") or name.startswith("tfds:"):
+            digest = hashlib.sha256(f"{name}|{self.eval_files}|{self.text_field}".encode())
+            return (TaskConfig(name=f"source-{digest.hexdigest()[:12]}", train_source=name,
+                               eval_source=self.eval_files, text_field=self.text_field),), (1.0,)
+        key = ("mixture_or_task_name" if name == self.mixture_or_task_name
+               else "cooldown_mixture_or_task_name")
+        raise ConfigError(f"DataConfig.{key} = {name!r} is neither a task ({sorted(by_name)}), "
+                          f"a mixture ({sorted(self.mixtures)}) nor a source path/glob or "
+                          "'tfds:NAME:SPLIT'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,10 +579,11 @@ class RunConfig(_Validated):
 
     def _validate(self):
         lengths, name = self.data.task_feature_lengths, self.objective.name
-        want = {"targets"} if name == "causal_lm" else {"inputs", "targets"}
+        want = OBJECTIVE_FEATURES[name]
         if set(lengths) != want:
             raise ConfigError(f"DataConfig.task_feature_lengths = {lengths!r}: objective {name!r} "
                               f"needs the keys {sorted(want)}")
+        self._validate_packing()
         if self.data.cooldown_mixture_or_task_name and not self.objective.metadata_field:
             raise ConfigError(
                 f"DataConfig.cooldown_mixture_or_task_name = "
@@ -551,6 +598,36 @@ class RunConfig(_Validated):
             raise ConfigError(f"OptimizerConfig.warmup_steps = {warmup}: must be below the "
                               f"schedule's {steps} steps (OptimizerConfig.schedule_steps, or "
                               f"TrainConfig.train_steps when that is 0)")
+
+    def _validate_packing(self) -> None:
+        """Refuse the data options an objective cannot honour, before anything is read."""
+        data, objective = self.data, self.objective
+        plain_causal = objective.name == "causal_lm" and not objective.metadata_field
+        if data.packer == "concat" and not plain_causal:
+            raise ConfigError(
+                f"DataConfig.packer = 'concat' cuts rows at fixed positions, which only plain "
+                f"causal_lm rows allow (objective {objective.name!r}"
+                f"{', with metadata' if objective.metadata_field else ''}): use 'best_fit'")
+        if data.packer == "first_fit" and self.model.architecture == "encoder_decoder" and (
+                objective.name != "causal_lm"):
+            raise ConfigError("DataConfig.packer = 'first_fit': an encoder-decoder's rows have "
+                              "two budgets (inputs, targets), packed by 2-D best fit only: use "
+                              "'best_fit'")
+        if not data.streaming:
+            return
+        if objective.name != "causal_lm":
+            raise ConfigError(f"DataConfig.streaming = True packs causal_lm rows on the fly; "
+                              f"objective {objective.name!r} plans its pieces over the prepared "
+                              "split: set streaming=False (and run `t5x-like prepare`)")
+        tasks, _ = data.tasks_of()
+        if len(tasks) != 1:
+            raise ConfigError(f"DataConfig.streaming = True reads one task; "
+                              f"{data.mixture_or_task_name!r} mixes {[t.name for t in tasks]}: "
+                              "set streaming=False to prepare them")
+        if tasks[0].score_field:
+            raise ConfigError(f"DataConfig.streaming = True: task {tasks[0].name!r} samples by "
+                              f"{tasks[0].score_field!r}, which needs every score up front: set "
+                              "streaming=False")
 
     @property
     def schedule_steps(self) -> int:

@@ -4,8 +4,12 @@ import dataclasses
 
 import pytest
 
-from t5x_like.config import (ConfigError, DataConfig, MeshConfig, ModelConfig, OptimizerConfig,
-                             RunConfig, TrainConfig, flops_per_token, num_params)
+from t5x_like.config import (ConfigError, DataConfig, MeshConfig, ModelConfig, ObjectiveConfig,
+                             OptimizerConfig, RunConfig, TaskConfig, TrainConfig, flops_per_token,
+                             num_params)
+
+UL2 = dict(objective=ObjectiveConfig(name="ul2"),
+           data=DataConfig(task_feature_lengths={"inputs": 64, "targets": 64}))
 
 
 @pytest.mark.parametrize("make, message", [
@@ -22,6 +26,28 @@ from t5x_like.config import (ConfigError, DataConfig, MeshConfig, ModelConfig, O
     (lambda: DataConfig(task_feature_lengths={"inputs": 8}), "task_feature_lengths"),
     (lambda: RunConfig(optimizer=OptimizerConfig(warmup_steps=10), train=TrainConfig(
         train_steps=10)), "warmup_steps = 10"),
+    # Choices are Literal types: the error lists them.
+    (lambda: DataConfig(packer="bfd"), r"packer = 'bfd': choose one of \('best_fit'"),
+    (lambda: ObjectiveConfig(metadata_kind="host"), "metadata_kind = 'host': choose one of"),
+    (lambda: ObjectiveConfig(denoisers=(("Q", 3.0, 0.15, 1.0, ""),)), "ObjectiveConfig.denoisers"),
+    (lambda: ObjectiveConfig(name="ul3"), r"name = 'ul3': choose one of \('causal_lm'"),
+    # What an objective cannot honour is refused when the run config loads.
+    (lambda: RunConfig(**(UL2 | {"data": dataclasses.replace(UL2["data"], streaming=True,
+                                                             pack_window=100)})),
+     "streaming = True packs causal_lm rows on the fly; objective 'ul2'"),
+    (lambda: RunConfig(**(UL2 | {"data": dataclasses.replace(UL2["data"], packer="concat")})),
+     "'concat' cuts rows at fixed positions.*objective 'ul2'"),
+    (lambda: RunConfig(objective=ObjectiveConfig(metadata_field="url"),
+                       data=DataConfig(packer="concat")), "objective 'causal_lm', with metadata"),
+    (lambda: RunConfig(**(UL2 | {"data": dataclasses.replace(UL2["data"], packer="first_fit"),
+                                 "model": ModelConfig(architecture="encoder_decoder")})),
+     "two budgets .* 2-D best fit only"),
+    (lambda: RunConfig(data=DataConfig(streaming=True, pack_window=10, tasks=(
+        TaskConfig(name="a"), TaskConfig(name="b")), mixtures={"m": {"a": 1.0, "b": 1.0}},
+        mixture_or_task_name="m")), "streaming = True reads one task; 'm' mixes"),
+    (lambda: RunConfig(data=DataConfig(streaming=True, pack_window=10, tasks=(
+        TaskConfig(name="q", score_field="s"),), mixture_or_task_name="q")),
+     "samples by 's', which needs every score up front"),
 ])
 def test_invalid_values_name_the_field(make, message):
     with pytest.raises(ConfigError, match=message):
@@ -48,3 +74,10 @@ def test_llama3_8b_shapes_count_8b_parameters():
                       num_kv_heads=8, head_dim=128, mlp_dim=14336)
     assert num_params(cfg) == 8_030_261_248  # Meta-Llama-3-8B
     assert flops_per_token(cfg, 8192) > 6 * 7e9
+
+
+def test_what_objectives_allow_still_loads():
+    RunConfig(**(UL2 | {"data": dataclasses.replace(UL2["data"], packer="first_fit",
+                                                    pack_window=500)}))  # decoder-only UL2
+    RunConfig(objective=ObjectiveConfig(metadata_field="url"),
+              data=DataConfig(streaming=True, pack_window=100))  # MeCo's cooldown streams
