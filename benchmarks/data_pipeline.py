@@ -21,7 +21,8 @@ import tempfile
 import time
 
 
-from t5x_like.data import pipeline, prepared, stdlib_corpus, tokenizer
+from t5x_like.data import causal, pipeline, prepared, stdlib_corpus, tokenizer
+from t5x_like.data import rows as rows_lib
 
 
 def _cpu() -> str:
@@ -81,7 +82,8 @@ def main(argv=None) -> int:
         path = results[0].pop("path")
         results[1].pop("path")
         start = time.perf_counter()
-        rows = pipeline.open_task(path, pipeline.PlanOptions(args.length), tok.bos_id, tok.eos_id)
+        objective = causal.CausalLM(args.length, tok.bos_id, tok.eos_id)
+        rows = rows_lib.open_rows(objective, path, seed=0)
         plan_seconds = time.perf_counter() - start
         results.append({"stage": "plan (best_fit, global)", "seconds": plan_seconds,
                         "tokens": rows.plan.num_tokens,

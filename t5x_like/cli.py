@@ -193,10 +193,9 @@ def _metadata_prefix(cfg, tokenizer, value: str | None) -> list[int]:
     if not cfg.objective.metadata_field:
         raise ConfigError("--metadata needs a model trained with metadata conditioning "
                           "(ObjectiveConfig.metadata_field is empty in its config.gin)")
-    from t5x_like import inputs
     from t5x_like.objectives.metadata import PrefixTokenizer
-    spec = inputs.metadata_spec(cfg)
-    return PrefixTokenizer(tokenizer, spec).ids({spec.field: value}).tolist()
+    spec = cfg.objective
+    return PrefixTokenizer(tokenizer, spec).ids({spec.metadata_field: value}).tolist()
 
 
 def cmd_generate(args, flags) -> int:

@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
 
 from t5x_like import inputs
-from t5x_like.config import ConfigError, DataConfig, RunConfig, TaskConfig, TrainConfig
+from t5x_like.config import (ConfigError, DataConfig, ObjectiveConfig, RunConfig, TaskConfig,
+                             TrainConfig)
 
 
 def _cfg(stdlib_data, **data):
@@ -179,24 +181,52 @@ def test_a_separate_cooldown_source_feeds_the_batches_after_the_switch(stdlib_da
         dataclasses.replace(cfg, objective=ObjectiveConfig())
 
 
-def test_meco_refuses_score_sampling_rather_than_dropping_it(stdlib_data):
+def test_meco_stage1_rows_honour_score_sampling(stdlib_data, tmp_path):
     from t5x_like.config import ObjectiveConfig
-    cfg = dataclasses.replace(_cfg(stdlib_data), objective=ObjectiveConfig(metadata_field="url"))
-    with pytest.raises(ValueError, match="score_field = 'quality'.*MeCo's metadata stage"):
-        inputs.metadata_rows(cfg, TaskConfig(score_field="quality"), "train",
-                             stdlib_data.tokenizer)
+    from t5x_like.data import rows as rows_lib
+    docs = [{"text": f"def f{i}():\n    return {i}\n" * (1 + i % 4), "quality": float(i % 2),
+             "url": f"https://site{i % 2}.org/x"} for i in range(60)]
+    path = _write(tmp_path / "scored.jsonl", docs)
+    task = TaskConfig(name="scored", train_source=path, eval_source=path, score_field="quality",
+                      score_temperature=0.25)
+    cfg = dataclasses.replace(_cfg(stdlib_data, tasks=(task,), mixture_or_task_name="scored"),
+                              objective=ObjectiveConfig(metadata_field="url"))
+    tok = stdlib_data.tokenizer
+    rows = inputs.task_rows(cfg, rows_lib.objective_for(cfg, tok), task, "train", tok, "true")
+    firsts = rows.plan.piece_doc_P[rows.plan.piece_start_P == 0]
+    assert (firsts % 2 == 1).mean() > 0.9  # softmax(quality / 0.25) draws the good half
+    batch = rows(np.arange(rows.num_rows))
+    for r, c in np.argwhere((batch["decoder_positions"] == 0) & (batch["decoder_segment_ids"] > 0)):
+        text = tok.decode(batch["decoder_input_tokens"][r, c + 1:c + 8].tolist())
+        assert text.startswith("URL: site")  # each piece behind a prefix, high-scoring or not
 
 
-def test_prepare_summarizes_meco_metadata_per_split(stdlib_data):
+def test_prepare_builds_exactly_the_plans_training_reads(stdlib_data):
     from t5x_like.config import ObjectiveConfig
     cfg = dataclasses.replace(_cfg(stdlib_data), objective=ObjectiveConfig(
         metadata_field="module", metadata_kind="value"))
     summaries = inputs.prepare_all(cfg, progress=False)
-    assert [(s["task"], s["split"]) for s in summaries] == [("stdlib", "train"), ("stdlib", "eval")]
-    for s in summaries:  # every stdlib module has its path: no placeholder, no lost prefix
-        meta = s["metadata"]
-        assert meta["documents"] == meta["with_metadata"] == s["documents"]
-        assert meta["without_metadata"] == meta["continuations_without_prefix"] == 0
+    assert [(s["task"], s["split"], s["metadata"]) for s in summaries] == [
+        ("stdlib", "train", "true"), ("stdlib", "train", "none"), ("stdlib", "eval", "none")]
+    meta = summaries[0]["metadata_summary"]  # every stdlib module has its path: nothing lost
+    assert meta["documents"] == meta["with_metadata"] == summaries[0]["documents"]
+    assert meta["without_metadata"] == meta["continuations_without_prefix"] == 0
+    for s in summaries:
+        assert s["rows"] >= s["lower_bound_rows"] > 0 and 0 < s["fill_pct"] <= 100
+    plans = {p for s in summaries for p in (pathlib.Path(s["path"]) / "plans").iterdir()}
+    inputs.build_inputs(cfg)
+    assert {p for s in summaries for p in (pathlib.Path(s["path"]) / "plans").iterdir()} == plans
+
+
+def test_prepare_reports_both_budgets_of_an_encoder_decoder(stdlib_data):
+    cfg = dataclasses.replace(_meco_ul2_cfg(stdlib_data, "encoder_decoder"),
+                              objective=ObjectiveConfig(name="ul2"))
+    summaries = inputs.prepare_all(cfg, progress=False)
+    assert [(s["split"], s["metadata"]) for s in summaries] == [("train", "none"), ("eval", "none")]
+    for s in summaries:
+        assert 0 < s["targets_fill_pct"] < s["inputs_fill_pct"] <= 100
+        assert s["fill_pct"] == pytest.approx((48 * s["inputs_fill_pct"]
+                                               + 32 * s["targets_fill_pct"]) / 80, abs=1e-3)
 
 
 def _process_shares(cfg, process_count, monkeypatch, steps):

@@ -163,6 +163,7 @@ def test_all_masked_meco_denoising_rows_are_finite(stdlib_data, architecture):
     from t5x_like import inputs, trainer
     from t5x_like.config import (DataConfig, ModelConfig, ObjectiveConfig, RunConfig,
                                  TaskConfig)
+    from t5x_like.data import rows as rows_lib
     model = dataclasses.replace(MICRO_MODEL, vocab_size=stdlib_data.tokenizer.vocab_size,
                                 architecture=architecture, num_kv_heads=4,
                                 mlp_activation="gelu_tanh" if architecture == "encoder_decoder"
@@ -171,7 +172,8 @@ def test_all_masked_meco_denoising_rows_are_finite(stdlib_data, architecture):
                                                  task_feature_lengths={"inputs": 48, "targets": 32}),
                     objective=ObjectiveConfig(name="ul2", metadata_field="module",
                                               metadata_kind="value"))
-    rows = inputs.metadata_rows(cfg, TaskConfig(), "train", stdlib_data.tokenizer)
+    objective = rows_lib.objective_for(cfg, stdlib_data.tokenizer)
+    rows = inputs.task_rows(cfg, objective, TaskConfig(), "train", stdlib_data.tokenizer, "true")
     batch = {k: jnp.asarray(v) for k, v in rows(np.arange(8)).items()}
     graphdef, params = nnx.split(trainer.default_model_factory(cfg)(nnx.Rngs(0)), nnx.Param)
     params = nnx.to_pure_dict(params)

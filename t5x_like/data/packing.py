@@ -10,23 +10,24 @@ pieces of at most ``length`` (the only cut the context forces), pieces are sorte
 by counting sort, and each goes into the open row with the least room that still fits it, found
 in O(log length) with a segment tree over free capacities (:mod:`.packing_kernels`).
 
-:func:`plan_packing` returns a :class:`PackPlan`: which token ranges of which documents go into
-which row, small enough to store next to the data. Rows are then assembled from it on demand.
+:func:`plan_packing` returns a :class:`Plan`: which token ranges of which documents go into
+which row, small enough to store next to the data; :func:`pack_rows` packs any objective's
+pieces, with one budget or two. Rows are then assembled from a plan on demand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Sequence
 
 import numpy as np
 
+from t5x_like.config import Packer
 from t5x_like.data import packing_kernels as _k
 from t5x_like.data.plan_files import NpzDataclass
 
-# Keys that pack_pieces adds itself and which pieces must therefore not use.
-RESERVED_KEYS = ("segment_ids", "positions")
-PACKERS = ("best_fit", "first_fit", "concat")
+PACKERS = typing.get_args(Packer)
 
 
 def _check_length(length, name: str = "length") -> int:
@@ -106,20 +107,34 @@ def first_fit(lengths_P, length: int, num_bins: int | None = None) -> tuple[np.n
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PackPlan(NpzDataclass):
-    """Which token ranges of which documents fill which ``[length]`` row.
+class Plan(NpzDataclass):
+    """Which pieces of which documents fill which row: every objective's plan.
 
-    Piece p is tokens ``[piece_start_P[p], piece_start_P[p] + piece_len_P[p])`` of document
-    ``piece_doc_P[p]``. Row r holds pieces ``row_pieces_P[row_ptr_R1[r]:row_ptr_R1[r + 1]]``,
-    laid out back to back from offset 0 in that order; the rest of the row is padding.
+    Piece p covers ``piece_len_P[p]`` units from ``piece_start_P[p]`` of document
+    ``piece_doc_P[p]``, in the units its objective's row builder reads (positions of ``[BOS] doc
+    [EOS]`` for causal rows, document tokens for the others), and takes ``size_PxK[p, k]``
+    positions of budget ``budgets_K[k]`` of its row: one budget (``[L]``, a decoder row) or two
+    (``[inputs, targets]``, an encoder-decoder row). Row r holds pieces
+    ``row_pieces_P[row_ptr_R1[r]:row_ptr_R1[r + 1]]``, laid out back to back in that order.
+    ``piece_prefix_len_P``: metadata prefix tokens the piece carries (0: none);
+    ``piece_kind_P``: the denoiser of the piece (0 where an objective has one kind).
     """
 
-    length: int
+    budgets_K: np.ndarray
     piece_doc_P: np.ndarray
     piece_start_P: np.ndarray
     piece_len_P: np.ndarray
+    size_PxK: np.ndarray
     row_ptr_R1: np.ndarray
     row_pieces_P: np.ndarray
+    piece_prefix_len_P: np.ndarray = None
+    piece_kind_P: np.ndarray = None
+
+    def __post_init__(self):
+        zeros_P = np.zeros(len(self.piece_len_P), np.int64)
+        for name in ("piece_prefix_len_P", "piece_kind_P"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, zeros_P)
 
     @property
     def num_rows(self) -> int:
@@ -127,19 +142,36 @@ class PackPlan(NpzDataclass):
         return len(self.row_ptr_R1) - 1
 
     @property
+    def length(self) -> int:
+        """The row length of a one-budget plan."""
+        if len(self.budgets_K) != 1:
+            raise ValueError(f"a plan with budgets {self.budgets_K.tolist()} has no single length")
+        return int(self.budgets_K[0])
+
+    @property
+    def tokens_K(self) -> np.ndarray:
+        """Positions holding tokens, per budget."""
+        return self.size_PxK.sum(axis=0, dtype=np.int64).reshape(len(self.budgets_K))
+
+    @property
     def num_tokens(self) -> int:
-        """Tokens over all pieces (non-padding positions)."""
-        return int(self.piece_len_P.sum(dtype=np.int64))
+        """Positions holding tokens over all budgets (non-padding positions)."""
+        return int(self.tokens_K.sum())
+
+    @property
+    def fill_K(self) -> np.ndarray:
+        """Fraction of each budget's row positions holding tokens."""
+        return self.tokens_K / np.maximum(1, self.num_rows * self.budgets_K)
 
     @property
     def fill(self) -> float:
-        """Fraction of row positions holding tokens (1.0 = no padding)."""
-        return self.num_tokens / max(1, self.num_rows * self.length)
+        """Fraction of all row positions holding tokens (1.0 = no padding)."""
+        return self.num_tokens / max(1, self.num_rows * int(self.budgets_K.sum()))
 
     @property
     def lower_bound(self) -> int:
-        """Fewest rows any packer needs: ``ceil(num_tokens / length)``."""
-        return -(-self.num_tokens // self.length)
+        """Fewest rows any packer needs: ``ceil(tokens / budget)``, the largest over budgets."""
+        return int(max(-(-self.tokens_K // self.budgets_K), default=0))
 
     @property
     def num_truncated_docs(self) -> int:
@@ -153,8 +185,8 @@ class PackPlan(NpzDataclass):
         return row_P
 
     def piece_offsets(self) -> np.ndarray:
-        """Token offset of every piece inside its row, ``[P]`` int64."""
-        len_Q = self.piece_len_P[self.row_pieces_P].astype(np.int64)
+        """Offset of every piece inside its row, in the first budget, ``[P]`` int64."""
+        len_Q = self.size_PxK[self.row_pieces_P, 0].astype(np.int64)
         end_Q = np.cumsum(len_Q)
         row_start_R = np.concatenate([[0], end_Q])[self.row_ptr_R1[:-1]]
         offset_P = np.empty(len(len_Q), np.int64)
@@ -210,41 +242,75 @@ def _concat_assign(doc_P, start_P, len_P, length: int, window: int):
 
 
 def plan_packing(doc_lengths_D, length: int, *, packer: str = "best_fit", window: int = 0,
-                 seed: int | None = 0) -> PackPlan:
+                 seed: int | None = 0) -> Plan:
     """Plan packing documents of the given token counts into rows of ``length``.
 
     ``packer``: ``"best_fit"`` (OBFD; only documents longer than ``length`` are cut),
     ``"first_fit"`` (unbounded first fit in document order; same cuts), or ``"concat"``
     (documents concatenated in order and cut into rows of exactly ``length``; only a window's
-    last row may be partial). ``window=0`` packs all pieces at once; ``window=W`` packs each run
-    of W consecutive pieces (document order) on its own, as a streaming pipeline would.
-    Rows are emitted shuffled (``np.random.default_rng(seed)``; per window with seed
-    ``(seed, window index)``, windows kept in order) because best-fit output order correlates
-    with length; ``seed=None`` keeps packer order.
+    last row may be partial). ``window`` and ``seed``: as in :func:`pack_rows`.
     """
     if packer not in PACKERS:
         raise ValueError(f"unknown packer {packer!r}; choose one of {PACKERS}")
     length = _check_length(length)
     doc_P, start_P, len_P = split_lengths(doc_lengths_D, length)
-    spans = _windows(len(len_P), window)
-    if packer == "concat":
-        (doc_P, start_P, len_P), row_P, offset_P, rows_W = _concat_assign(doc_P, start_P, len_P, length, window)
-    else:
-        lengths_P = len_P.astype(np.int64)
-        row_P, offset_P, rows_W, total = np.empty_like(lengths_P), np.empty_like(lengths_P), [], 0
-        for lo, hi in spans:
-            if packer == "best_fit":
-                rows, offsets, n = _k.obfd(lengths_P[lo:hi], length)
-            else:
-                rows, offsets, n = _k.first_fit(lengths_P[lo:hi], length, 0)
-            row_P[lo:hi], offset_P[lo:hi] = rows + total, offsets
-            rows_W.append(int(n))
-            total += int(n)
+    if packer != "concat":
+        row_ptr_R1, row_pieces_P = pack_rows(len_P[:, None], (length,), packer=packer,
+                                             window=window, seed=seed)
+        return Plan(np.array([length]), doc_P, start_P, len_P, len_P[:, None], row_ptr_R1,
+                    row_pieces_P)
+    _windows(len(len_P), window)  # validates the window
+    (doc_P, start_P, len_P), row_P, offset_P, rows_W = _concat_assign(doc_P, start_P, len_P,
+                                                                      length, window)
     rank_R = _emit_rank(rows_W, window > 0, seed)
     if rank_R is not None:
         row_P = rank_R[row_P]
     row_ptr_R1, row_pieces_P = _k.group_rows(row_P, offset_P, int(sum(rows_W)))
-    return PackPlan(length, doc_P, start_P, len_P, row_ptr_R1, row_pieces_P)
+    return Plan(np.array([length]), doc_P, start_P, len_P, len_P[:, None], row_ptr_R1,
+                row_pieces_P)
+
+
+def pack_rows(size_PxK, budgets, *, packer: str = "best_fit", window: int = 0,
+              seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pack pieces of the given sizes into rows: ``(row_ptr_R1, row_pieces_P)``.
+
+    One budget (``size_PxK`` ``[P, 1]``): ``"best_fit"`` (OBFD) or ``"first_fit"``; two
+    (inputs, targets): 2-D best fit (:func:`plan_packing_2d`). ``window=0`` packs all pieces at
+    once; ``window=W`` packs each run of W consecutive pieces on its own, as a streaming
+    pipeline would. Rows are emitted shuffled (``np.random.default_rng(seed)``; per window with
+    seed ``(seed, window index)``, windows kept in order) because best-fit output order
+    correlates with length; ``seed=None`` keeps packer order. Pieces of a row are in offset order.
+    """
+    size_PxK = np.asarray(size_PxK, np.int64)
+    budgets = [int(b) for b in budgets]
+    if size_PxK.ndim != 2 or size_PxK.shape[1] != len(budgets) or len(budgets) not in (1, 2):
+        raise ValueError(f"sizes of shape {size_PxK.shape} for budgets {budgets}: need [P, K] "
+                         "with K = 1 or 2 budgets")
+    if len(budgets) == 2:
+        if packer != "best_fit":
+            raise ValueError(f"packer {packer!r}: two budgets are packed by 2-D best fit only")
+        row_ptr_R1, row_pieces_P, _, _ = plan_packing_2d(
+            size_PxK[:, 0], size_PxK[:, 1], budgets[0], budgets[1], window=window, seed=seed)
+        return row_ptr_R1, row_pieces_P
+    if packer not in ("best_fit", "first_fit"):
+        raise ValueError(f"packer {packer!r}: pieces are packed by 'best_fit' or 'first_fit' "
+                         "('concat' re-cuts documents: plan_packing does it)")
+    length = _check_length(budgets[0])
+    lengths_P = size_PxK[:, 0]
+    _check_piece_lengths(lengths_P, length)
+    row_P, offset_P, rows_W, total = np.empty_like(lengths_P), np.empty_like(lengths_P), [], 0
+    for lo, hi in _windows(len(lengths_P), window):
+        if packer == "best_fit":
+            rows, offsets, n = _k.obfd(lengths_P[lo:hi], length)
+        else:
+            rows, offsets, n = _k.first_fit(lengths_P[lo:hi], length, 0)
+        row_P[lo:hi], offset_P[lo:hi] = rows + total, offsets
+        rows_W.append(int(n))
+        total += int(n)
+    rank_R = _emit_rank(rows_W, window > 0, seed)
+    if rank_R is not None:
+        row_P = rank_R[row_P]
+    return _k.group_rows(row_P, offset_P, int(sum(rows_W)))
 
 
 def plan_packing_2d(inputs_len_P, targets_len_P, inputs_length: int, targets_length: int, *,
@@ -290,122 +356,3 @@ def plan_packing_2d(inputs_len_P, targets_len_P, inputs_length: int, targets_len
     row_ptr_R1, row_pieces_P = _k.group_rows(row_P, in_off_P * (targets_length + 1) + tgt_off_P,
                                              int(sum(rows_W)))
     return row_ptr_R1, row_pieces_P, in_off_P, tgt_off_P
-
-
-def segment_layout(plan: PackPlan, rows_R) -> tuple[np.ndarray, np.ndarray]:
-    """``(segment_ids_RxL, positions_RxL)`` int32 for rows ``rows_R`` of ``plan``.
-
-    Piece k of a row (1-based, in row order) has segment id k and positions 0..len-1; padding
-    is 0 in both.
-    """
-    rows_R = np.asarray(rows_R, np.int64).reshape(-1)
-    lo_R, count_R = plan.row_ptr_R1[rows_R], np.diff(plan.row_ptr_R1)[rows_R]
-    first_R = np.cumsum(count_R) - count_R
-    rank_Q = np.arange(int(count_R.sum())) - np.repeat(first_R, count_R)  # index inside its row
-    len_Q = plan.piece_len_P[plan.row_pieces_P[np.repeat(lo_R, count_R) + rank_Q]].astype(np.int64)
-    end_Q = np.cumsum(len_Q)
-    offset_Q = end_Q - len_Q - np.concatenate([[0], end_Q])[first_R][np.repeat(np.arange(len(rows_R)), count_R)]
-    tok_start_Q = end_Q - len_Q
-    pos_T = np.arange(int(len_Q.sum())) - np.repeat(tok_start_Q, len_Q)
-    flat_T = np.repeat(np.repeat(np.arange(len(rows_R)), count_R) * plan.length + offset_Q, len_Q) + pos_T
-    segment_ids_RxL = np.zeros(len(rows_R) * plan.length, np.int32)
-    positions_RxL = np.zeros(len(rows_R) * plan.length, np.int32)
-    segment_ids_RxL[flat_T] = np.repeat(rank_Q + 1, len_Q)
-    positions_RxL[flat_T] = pos_T
-    shape = (len(rows_R), plan.length)
-    return segment_ids_RxL.reshape(shape), positions_RxL.reshape(shape)
-
-
-def _check_pieces(pieces: Sequence[dict[str, np.ndarray]], length: int) -> tuple[list[str], np.ndarray]:
-    """Validate pieces; return their sorted key list and per-piece lengths."""
-    keys = sorted(pieces[0])
-    if not keys or set(keys) & set(RESERVED_KEYS):
-        raise ValueError(f"piece 0 has keys {keys}; need at least one key and none of {RESERVED_KEYS}")
-    lengths_N = np.empty(len(pieces), dtype=np.int64)
-    for i, piece in enumerate(pieces):
-        if sorted(piece) != keys:
-            raise ValueError(f"piece {i} has keys {sorted(piece)}, but piece 0 has {keys}; all pieces need the same keys")
-        sizes = {k: np.shape(piece[k]) for k in keys}
-        if len(set(sizes.values())) != 1 or len(sizes[keys[0]]) != 1:
-            raise ValueError(f"piece {i} arrays must be 1-D and of equal length, got shapes {sizes}")
-        lengths_N[i] = sizes[keys[0]][0]
-    _check_piece_lengths(lengths_N, length)
-    return keys, lengths_N
-
-
-def pack_pieces(
-    pieces: Sequence[dict[str, np.ndarray]], length: int, seed: int | None = 0
-) -> dict[str, np.ndarray]:
-    """Pack 1-D feature dicts into ``[rows, length]`` int32 arrays with best-fit-decreasing.
-
-    Every piece is a dict of equal-length 1-D integer arrays (same keys for all pieces, length
-    1..``length``). Returns each key as ``[rows, length]`` with 0 padding, plus ``segment_ids``
-    (1..k per row in placement order, 0 on padding) and ``positions`` (0.. within each segment,
-    0 on padding). Rows are shuffled with ``seed`` unless it is None, because
-    best-fit-decreasing emits rows roughly sorted by the length of their longest piece.
-    """
-    length = _check_length(length)
-    if not pieces:
-        return {}
-    keys, lengths_N = _check_pieces(pieces, length)
-    row_N, offset_N, num_rows = best_fit_decreasing(lengths_N, length)
-    # Segment id = 1 + number of earlier pieces in the same row; offsets grow with placement
-    # order, so rank pieces by (row, offset).
-    rank = np.lexsort((offset_N, row_N))
-    segment_N = np.empty_like(row_N)
-    row_sorted = row_N[rank]
-    segment_N[rank] = np.arange(len(rank)) - np.searchsorted(row_sorted, row_sorted, side="left") + 1
-
-    # Flat destination index of every token, pieces concatenated in input order.
-    starts_N = np.cumsum(lengths_N) - lengths_N
-    within_T = np.arange(int(lengths_N.sum())) - np.repeat(starts_N, lengths_N)
-    dest_T = np.repeat(row_N * length + offset_N, lengths_N) + within_T
-
-    out: dict[str, np.ndarray] = {}
-    values = {key: np.concatenate([np.asarray(p[key]) for p in pieces]) for key in keys}
-    values |= {"segment_ids": np.repeat(segment_N, lengths_N), "positions": within_T}
-    for key, values_T in values.items():
-        flat = np.zeros(num_rows * length, dtype=np.int32)
-        flat[dest_T] = values_T
-        out[key] = flat.reshape(num_rows, length)
-    if seed is not None:
-        perm = np.random.default_rng(seed).permutation(num_rows)
-        out = {k: v[perm] for k, v in out.items()}
-    return out
-
-
-def split_long(tokens: np.ndarray | Sequence[int], length: int) -> list[np.ndarray]:
-    """Cut a 1-D sequence into consecutive chunks of at most ``length`` (last may be shorter)."""
-    length = _check_length(length)
-    tokens = np.asarray(tokens)
-    return [tokens[i : i + length] for i in range(0, len(tokens), length)]
-
-
-def decoder_only_pieces(token_ids: Sequence[int], length: int, bos_id: int, eos_id: int) -> list[dict[str, np.ndarray]]:
-    """Next-token-prediction pieces for one document, each at most ``length`` long.
-
-    ``seq = [bos] + ids + [eos]`` (no BOS if ``bos_id < 0``); inputs are
-    ``seq[:-1]`` and targets ``seq[1:]``, so ``inputs[i]`` predicts ``targets[i]``
-    (teacher forcing). All three features are cut at the same boundaries.
-    """
-    prefix = [bos_id] if bos_id >= 0 else []
-    seq = np.asarray(prefix + list(token_ids) + [eos_id], dtype=np.int32)
-    if len(seq) < 2:
-        return []
-    inputs, targets = seq[:-1], seq[1:]
-    weights = np.ones_like(inputs)
-    return [
-        {"decoder_input_tokens": i, "decoder_target_tokens": t, "decoder_loss_weights": w}
-        for i, t, w in zip(split_long(inputs, length), split_long(targets, length), split_long(weights, length))
-    ]
-
-
-def rows_from_assignment(row_P: np.ndarray, offset_P: np.ndarray, num_rows: int,
-                         seed) -> tuple[np.ndarray, np.ndarray]:
-    """(row_ptr_R1, row_pieces_P) of a piece -> (row, offset) assignment, rows in a seeded
-    shuffled order (``seed`` None keeps them), pieces of a row in offset order."""
-    perm = np.arange(num_rows) if seed is None else np.random.default_rng(seed).permutation(num_rows)
-    new_row_P = np.argsort(perm)[row_P]
-    order = np.lexsort((offset_P, new_row_P))
-    counts = np.bincount(new_row_P, minlength=num_rows)
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), order.astype(np.int64)

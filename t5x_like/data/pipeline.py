@@ -1,174 +1,21 @@
-"""Packed training batches from prepared data: plans, row assembly, mixtures, resumable iterators.
+"""Batches from row sources: task mixtures, resumable grain iterators, eval batches.
 
-Offline packing (the default): the lengths of a prepared dataset are packed once into a
-:class:`~t5x_like.data.packing.PackPlan`, stored next to the data; at train time a row is built by
-reading its pieces by index. The grain pipeline over row indices shards rows across processes,
-shuffles them from a seed, reshuffles every epoch, mixes tasks at fixed rates and batches; its
-state (a few integers per task) goes into the checkpoint and restores exactly.
-
-Batch features, all int32 ``[batch, length]``: ``decoder_input_tokens``,
-``decoder_target_tokens``, ``decoder_segment_ids``, ``decoder_positions``,
-``decoder_loss_weights`` (0 on padding); plus ``_source`` ``[batch]``, the task index of each row
-(keys starting with ``_`` are bookkeeping that never reaches the model).
+A row source (:class:`t5x_like.data.rows.RowSource`, or :class:`ArrayRows`) gives any of its
+rows by index. The grain pipeline over row indices shuffles them from a seed, reshuffles every
+epoch, mixes tasks at fixed rates, batches, and serves each process its share; its state (a few
+integers per task) goes into the checkpoint and restores exactly. Batches carry the objective's
+features plus ``_source`` ``[batch]``, the task index of each row (keys starting with ``_`` are
+bookkeeping that never reaches the model).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
-import pathlib
 from typing import Sequence
 
 import grain
 import numpy as np
 
-from t5x_like.data import packing
-from t5x_like.data.plan_files import load_or_build
-from t5x_like.data.prepared import PreparedDataset
-
-logger = logging.getLogger(__name__)
-
-FEATURES = (
-    "decoder_input_tokens",
-    "decoder_target_tokens",
-    "decoder_segment_ids",
-    "decoder_positions",
-    "decoder_loss_weights",
-)
 SOURCE_KEY = "_source"
-_PLAN_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class PlanOptions:
-    """How documents become packed rows."""
-
-    length: int
-    packer: str = "best_fit"  # best_fit | first_fit | concat
-    window: int = 0  # pieces packed together; 0 = the whole dataset at once
-    seed: int | None = 0  # row order (and document sampling); None = unshuffled (eval)
-    bos: bool = True  # causal LM examples are [bos] + ids + [eos]
-    score_temperature: float = 0.0  # > 0: sample documents with softmax(score / temperature)
-
-
-def _sampled_documents(dataset: PreparedDataset, temperature: float, seed: int) -> np.ndarray:
-    """Quality-weighted data selection (QuRating): draw documents with softmax(score / T).
-
-    As many draws as there are documents, with replacement, so an epoch keeps its size while
-    high-scoring documents repeat and low-scoring ones drop out.
-    """
-    logits_D = dataset.scores().astype(np.float64) / temperature
-    probs_D = np.exp(logits_D - logits_D.max())
-    probs_D /= probs_D.sum()
-    rng = np.random.default_rng([seed, 0x5C0E])
-    return np.sort(rng.choice(len(probs_D), size=len(probs_D), p=probs_D))
-
-
-def load_or_build_plan(dataset: PreparedDataset, opts: PlanOptions) -> packing.PackPlan:
-    """The packing plan of ``dataset`` under ``opts``, built once and stored under ``plans/``.
-
-    Pieces index documents of the dataset directly (``piece_doc_P``), even when documents were
-    sampled by score, so assembling a row needs nothing but the plan.
-    """
-    temp = f"_T{opts.score_temperature:g}" if opts.score_temperature > 0 else ""
-    name = (f"causal_v{_PLAN_VERSION}_L{opts.length}_{opts.packer}_w{opts.window}_s{opts.seed}"
-            f"_bos{int(opts.bos)}{temp}.npz")
-    path = dataset.path / "plans" / name
-    plan, built = load_or_build(path, packing.PackPlan, lambda: _build_plan(dataset, opts))
-    if built:
-        logger.info("Packing plan %s: %d rows, fill %.3f%%, %d documents cut", path,
-                    plan.num_rows, 100 * plan.fill, plan.num_truncated_docs)
-    return plan
-
-
-def _build_plan(dataset: PreparedDataset, opts: PlanOptions) -> packing.PackPlan:
-    docs_D = np.arange(dataset.num_documents)
-    if opts.score_temperature > 0:
-        docs_D = _sampled_documents(dataset, opts.score_temperature, opts.seed or 0)
-    # [bos] + ids + [eos] gives len(ids) + 1 (input, target) pairs; without BOS, len(ids).
-    example_lengths_D = dataset.lengths_D[docs_D] + int(opts.bos)
-    plan = packing.plan_packing(example_lengths_D, opts.length, packer=opts.packer,
-                                window=opts.window, seed=opts.seed)
-    return dataclasses.replace(plan, piece_doc_P=docs_D[plan.piece_doc_P])
-
-
-class CausalLMRows:
-    """Assembles packed next-token-prediction rows of one task (picklable, for grain workers)."""
-
-    def __init__(self, docs, plan: packing.PackPlan, bos_id: int, eos_id: int):
-        """Rows of ``plan`` over ``docs``: a prepared dataset's path (opened lazily, so the
-        object pickles small for grain workers) or any store with ``lengths_D`` and ``pieces``
-        (e.g. :class:`InMemoryDocs`). ``bos_id`` < 0 means no BOS."""
-        self._path = str(docs) if isinstance(docs, (str, os.PathLike)) else None
-        self._docs = None if self._path else docs
-        self.plan = plan
-        self.bos_id, self.eos_id = bos_id, eos_id
-
-    def __getstate__(self):
-        return self.__dict__ | ({"_docs": None} if self._path else {})  # readers reopen per worker
-
-    @property
-    def num_rows(self) -> int:
-        """Rows in the plan."""
-        return self.plan.num_rows
-
-    def _pieces(self, rows_B: np.ndarray):
-        """(row position, offset, piece) for every piece of the given rows, plus their tokens."""
-        plan = self.plan
-        lo_B, hi_B = plan.row_ptr_R1[rows_B], plan.row_ptr_R1[rows_B + 1]
-        pieces_P = np.concatenate([plan.row_pieces_P[a:b] for a, b in zip(lo_B, hi_B)])
-        row_of_P = np.repeat(np.arange(len(rows_B)), hi_B - lo_B)
-        len_P = plan.piece_len_P[pieces_P].astype(np.int64)
-        start_P = plan.piece_start_P[pieces_P]
-        doc_P = plan.piece_doc_P[pieces_P]
-        if self._docs is None:
-            self._docs = PreparedDataset(self._path)
-        n_P = self._docs.lengths_D[doc_P]
-        b = int(self.bos_id >= 0)
-        # The piece covers sequence positions [start, start + len] of [bos] + ids + [eos];
-        # read only the ids inside that window.
-        id_lo_P = np.maximum(0, start_P - b)
-        id_hi_P = np.minimum(n_P, start_P + len_P + 1 - b)
-        ids = self._docs.pieces(doc_P, id_lo_P, np.maximum(id_hi_P - id_lo_P, 0))
-        return row_of_P, len_P, start_P, n_P, ids
-
-    def __call__(self, rows_B: np.ndarray) -> dict[str, np.ndarray]:
-        """Features of rows ``rows_B`` as ``[len(rows_B), length]`` int32 arrays."""
-        rows_B = np.asarray(rows_B, np.int64)
-        length = self.plan.length
-        out = {k: np.zeros((len(rows_B), length), np.int32) for k in FEATURES}
-        row_of_P, len_P, start_P, n_P, ids = self._pieces(rows_B)
-        b = int(self.bos_id >= 0)
-        fill_B = np.zeros(len(rows_B), np.int64)
-        segment_B = np.zeros(len(rows_B), np.int64)
-        for r, n_tok, start, n, piece_ids in zip(row_of_P, len_P, start_P, n_P, ids):
-            head = [self.bos_id] if (b and start == 0) else []
-            tail = [self.eos_id] if start + n_tok + 1 > n + b else []
-            seq = np.concatenate([np.asarray(head, np.int32), piece_ids.astype(np.int32),
-                                  np.asarray(tail, np.int32)])
-            o = fill_B[r]
-            segment_B[r] += 1
-            out["decoder_input_tokens"][r, o : o + n_tok] = seq[:-1]
-            out["decoder_target_tokens"][r, o : o + n_tok] = seq[1:]
-            out["decoder_segment_ids"][r, o : o + n_tok] = segment_B[r]
-            out["decoder_positions"][r, o : o + n_tok] = np.arange(n_tok)
-            out["decoder_loss_weights"][r, o : o + n_tok] = 1
-            fill_B[r] += n_tok
-        return out
-
-
-class InMemoryDocs:
-    """Token arrays held in memory, with the document-store interface of PreparedDataset."""
-
-    def __init__(self, tokens: Sequence[np.ndarray]):
-        """Wrap one 1-D token array per document."""
-        self.tokens = list(tokens)
-        self.lengths_D = np.array([len(t) for t in self.tokens], np.int64)
-
-    def pieces(self, docs_P, starts_P, lens_P) -> list[np.ndarray]:
-        """Tokens ``[start, start + len)`` of each document."""
-        return [self.tokens[d][s : s + n] for d, s, n in zip(docs_P, starts_P, lens_P)]
 
 
 class ArrayRows:
@@ -189,7 +36,7 @@ class ArrayRows:
 class _MixedBatch:
     """Turns a batch of (task, row) pairs into features plus each row's task (picklable)."""
 
-    def __init__(self, tasks: Sequence[CausalLMRows | ArrayRows]):
+    def __init__(self, tasks: Sequence):
         self.tasks = list(tasks)
 
     def __call__(self, pairs_Bx2: np.ndarray) -> dict[str, np.ndarray]:
@@ -224,7 +71,7 @@ def _tag(task_index: int):
 
 
 def make_train_iterator(
-    tasks: Sequence[CausalLMRows | ArrayRows],
+    tasks: Sequence,
     *,
     global_batch_size: int,
     seed: int,
@@ -278,7 +125,7 @@ def eval_batches(
 ) -> list[dict[str, np.ndarray]]:
     """Deterministic evaluation batches (no shuffle) for this process.
 
-    ``rows`` is a row source (:class:`CausalLMRows`, :class:`ArrayRows`) or a dict of arrays.
+    ``rows`` is a row source or a dict of arrays.
     Rows are padded with all-zero rows (loss weight 0) up to a multiple of
     ``global_batch_size``, so every process gets the same number of batches and every real row
     is counted exactly once across processes. Global batch ``b`` is rows ``[b*G, (b+1)*G)``;
@@ -298,11 +145,3 @@ def eval_batches(
         batches.append({k: np.concatenate([v, np.zeros((batch_size - len(idx),) + v.shape[1:], v.dtype)])
                         for k, v in chunk.items()})
     return batches
-
-
-def open_task(dataset_path: str | pathlib.Path, opts: PlanOptions, bos_id: int,
-              eos_id: int) -> CausalLMRows:
-    """A prepared dataset, its plan (built if missing) and the row assembler over them."""
-    dataset = PreparedDataset(dataset_path)
-    plan = load_or_build_plan(dataset, opts)
-    return CausalLMRows(dataset_path, plan, bos_id, eos_id)

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from t5x_like.data import packing, sources
-from t5x_like.data.pipeline import FEATURES, CausalLMRows, InMemoryDocs
+from t5x_like.data.causal import FEATURES, CausalLMRows, InMemoryDocs
 from t5x_like.data.tokenizer import Tokenizer
 
 

@@ -1,86 +1,28 @@
-"""MeCo (metadata conditioning, then cooldown): metadata prefixes, row layout, splitting, the switch.
+"""MeCo (metadata conditioning, then cooldown): metadata values, prefixes, piece cuts, the switch.
 
-Pure numpy and config-free: the pieces the MeCo pipeline is built from (spec: ``specs/meco.md``).
-
-Stage-1 example of a document (one causal-LM example, next-token prediction as in
-``t5x_like.data.pipeline.CausalLMRows``)::
-
-    seq     = [BOS] + prefix + doc + [EOS]        prefix = tokenize(template.format(value=...))
-    inputs  = seq[:-1]
-    targets = seq[1:]
-    weights = 0 where the target is a prefix token, 1 where it is a document token or EOS
-
-The prefix is tokenized on its own (never merged with the document's first token). BOS is never a
-target, so "weight 0 on BOS and on every prefix token" is "weight 0 on the targets that are prefix
-tokens". The first document token is the target of the last prefix input and carries weight 1.
-Weights follow positions, not ids: a document token equal to a prefix id is still trained. A
-tokenizer without BOS (``bos_id < 0``) gives ``prefix + doc + [EOS]``; the first prefix token is
-then an input only.
-
-Metadata values (``metadata_value``), by ``kind``:
-
-* 'domain': the host of a URL. The scheme (``https://``, or a bare ``//``) is stripped and the
-  host is what precedes the first ``/``, ``?``, ``#`` or ``\\``. Decisions: ``www.`` is kept (spec);
-  the host is lower-cased (DNS names are case-insensitive; ``Example.COM`` and ``example.com`` are
-  one site and should be one condition); a port and ``user:pass@`` are dropped (same site; noise);
-  a trailing dot is dropped. A host needs a dot (a web domain or an IPv4 address) or is a
-  bracketed IPv6 address; anything else (``'unknown'``, ``'N/A'``, ``'mailto:x'``, an e-mail
-  address without ``//``, text with spaces, an empty host) is garbage and gives None.
-* 'url': the URL as given (surrounding whitespace stripped).
-* 'value': ``str()`` of any scalar (str, int, float, bool, numpy scalar), e.g. a topic or a
-  module path; NaN / inf count as missing (a missing value in a parquet column).
-
-Missing, empty (after stripping), non-scalar, or garbage -> None; bytes are decoded as UTF-8.
-
-Missing metadata (``MetadataSpec.missing``): 'placeholder' puts ``placeholder`` (the paper's
-literal ``unknown``) through the template; 'skip' gives no prefix (a plain ``[BOS] doc [EOS]``).
-``PrefixTokenizer.stats()`` counts both.
-
-Long documents (``split_with_prefix``, ``MetadataSpec.continuation``): a document longer than a
-row is split into pieces. The spec forbids a continuation piece from losing its conditioning
-silently; the policy is explicit in every piece (``has_prefix``):
-
-* 'repeat' (default): every piece is laid out as its own stage-1 example, ``[BOS] + prefix`` then
-  the piece's text (EOS on the last piece only), so its text budget shrinks by the prefix. Every
-  trained document token is conditioned on its metadata, exactly as in the unsplit layout; the
-  cost is ``1 + len(prefix)`` extra positions per continuation piece (well under 1% for a URL
-  prefix in a 2048-token row). The continuation no longer sees the token before its cut (it sees
-  the prefix instead).
-* 'first_only': only the first piece carries the prefix; the continuation pieces are plain text
-  laid out as ``CausalLMRows`` lays them out (the previous piece's last target is their first
-  input; cut as there, except that the EOS is never left alone in a piece). Their tokens are
-  trained WITHOUT metadata, i.e. as cooldown-style text during stage 1. This is a deliberate loss
-  of conditioning, visible as ``has_prefix == False`` on the piece; a pipeline using it should
-  count those pieces in its data summary.
-
-'repeat' is the default because it keeps stage 1 what the paper trains on (every document token
-under its metadata); 'first_only' reproduces plain packing after the first piece. (The spec's
-other option, masking the continuation, would drop training tokens and is not offered.)
-
-The switch (``cooldown_step``, ``metadata_active``): ``step`` is the trainer's 1-based optimizer
-step; the loop ``for step in range(start + 1, train_steps + 1)`` trains one batch per step, so
-``step`` names the batch it trains (as ``t5x_like.data.stages.StagedIterator`` counts). Metadata is
-on for steps ``1 .. cooldown_step - 1`` and off from ``cooldown_step = floor(fraction *
-train_steps)`` on. With 100 steps and fraction 0.9 that is steps 1..89 with metadata and 90..100
-without.
+Pure numpy (spec: ``specs/meco.md``; the rules and their reasons: docs/data.md, "MeCo details").
+A stage-1 causal example is ``[BOS] + prefix + doc + [EOS]``, the prefix tokenized on its own,
+with weight 0 exactly on the targets that are prefix tokens (by position, not id). A long
+document's pieces repeat the prefix (``continuation='repeat'``) or carry it on the first piece
+only ('first_only'); a step is metadata-free from ``cooldown_step`` on.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import fractions
 import math
 import re
 import threading
+import typing
 from typing import Any, Mapping
 
 import numpy as np
 
-KINDS = ("domain", "url", "value")
-MISSING_POLICIES = ("placeholder", "skip")
-CONTINUATIONS = ("repeat", "first_only")
-DEFAULT_TEMPLATE = "URL: {value}\n\n"
+from t5x_like.config import Continuation, MetadataKind, ObjectiveConfig
+
+KINDS = typing.get_args(MetadataKind)
+CONTINUATIONS = typing.get_args(Continuation)
 
 Piece = tuple[int, int, bool]  # (doc_start, doc_len, has_prefix)
 
@@ -111,7 +53,7 @@ def url_domain(url: str) -> str | None:
     """The host of ``url`` as MeCo's 'domain' metadata, or None if ``url`` has no usable host.
 
     ``'https://en.wikipedia.org/wiki/X'``, ``'en.wikipedia.org/wiki/X'`` and
-    ``'//en.wikipedia.org/x'`` all give ``'en.wikipedia.org'``. Rules in the module docstring
+    ``'//en.wikipedia.org/x'`` all give ``'en.wikipedia.org'``. Rules in docs/data.md, "MeCo details"
     (``www.`` kept, lower-cased, port / userinfo / trailing dot dropped, a dot required).
     """
     if not isinstance(url, str):
@@ -168,71 +110,13 @@ def metadata_value(metadata: Mapping[str, Any] | None, field: str, kind: str) ->
 # ---------------------------------------------------------------- spec and prefixes
 
 
-@dataclasses.dataclass(frozen=True)
-class MetadataSpec:
-    """Which metadata a stage-1 document is conditioned on, and how it is written.
-
-    * ``field``: the metadata field read (``'url'`` for web corpora, ``'path'`` for files).
-    * ``kind``: 'domain' | 'url' | 'value' (see ``metadata_value``).
-    * ``template``: the prefix text, with ``{value}`` where the value goes (``'URL: {value}\\n\\n'``;
-      write ``'Topic: {value}\\n\\n'`` for another field). Literal braces must be doubled.
-    * ``missing``: 'placeholder' (``placeholder`` goes through the template) or 'skip' (no prefix).
-    * ``placeholder``: the value of a document without metadata (the paper's ``'unknown'``).
-    * ``continuation``: 'repeat' (default: every piece of a split document gets the prefix) or
-      'first_only' (continuation pieces are plain text, trained without metadata — an explicit,
-      per-piece choice, never a silent one). See the module docstring.
-    """
-
-    field: str = "url"
-    kind: str = "domain"
-    template: str = DEFAULT_TEMPLATE
-    missing: str = "placeholder"
-    placeholder: str = "unknown"
-    continuation: str = "repeat"
-
-    def __post_init__(self):
-        if not isinstance(self.field, str) or not self.field:
-            raise ValueError(f"MetadataSpec.field = {self.field!r}: name the metadata field to read")
-        if self.kind not in KINDS:
-            raise ValueError(f"MetadataSpec.kind = {self.kind!r}: must be one of {KINDS}")
-        if not isinstance(self.template, str) or "{value}" not in self.template:
-            raise ValueError(f"MetadataSpec.template = {self.template!r} must contain '{{value}}' "
-                             f"where the metadata goes, e.g. {DEFAULT_TEMPLATE!r}")
-        try:
-            self.template.format(value="x")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"MetadataSpec.template = {self.template!r}: only '{{value}}' may be "
-                             f"substituted; double literal braces ('{{{{', '}}}}') ({e!r})") from None
-        if self.missing not in MISSING_POLICIES:
-            raise ValueError(f"MetadataSpec.missing = {self.missing!r}: must be one of "
-                             f"{MISSING_POLICIES}")
-        if self.missing == "placeholder" and not (isinstance(self.placeholder, str)
-                                                  and self.placeholder.strip()):
-            raise ValueError(f"MetadataSpec.placeholder = {self.placeholder!r}: missing='placeholder' "
-                             f"needs a non-blank placeholder (the paper uses 'unknown'), or use "
-                             f"missing='skip'")
-        if self.continuation not in CONTINUATIONS:
-            raise ValueError(f"MetadataSpec.continuation = {self.continuation!r}: must be one of "
-                             f"{CONTINUATIONS}")
-
-    def value(self, metadata: Mapping[str, Any] | None) -> str | None:
-        """``metadata_value(metadata, self.field, self.kind)``."""
-        return metadata_value(metadata, self.field, self.kind)
-
-
-def prefix_text(metadata: Mapping[str, Any] | None, spec: MetadataSpec) -> str | None:
-    """The prefix text of a document: the template filled with its value, or with the placeholder
-    when it has none (``missing='placeholder'``); None (no prefix) under ``missing='skip'``."""
-    return _fill(spec, spec.value(metadata))
-
-
-def _fill(spec: MetadataSpec, value: str | None) -> str | None:
-    """The template filled with ``value``, the placeholder, or None (missing='skip')."""
+def prefix_text(value: str | None, spec: ObjectiveConfig) -> str | None:
+    """The template filled with ``value``, with the placeholder, or None (missing='skip')."""
     if value is None:
-        if spec.missing == "skip":
+        if spec.missing_metadata == "skip":
             return None
-        value = spec.placeholder
-    return spec.template.format(value=value)
+        value = spec.metadata_placeholder
+    return spec.metadata_template.format(value=value)
 
 
 class PrefixTokenizer:
@@ -245,8 +129,9 @@ class PrefixTokenizer:
     its own).
     """
 
-    def __init__(self, tokenizer, spec: MetadataSpec, *, cache_size: int = 65536):
-        """Prefixes of ``spec`` tokenized with ``tokenizer``; at most ``cache_size`` cached."""
+    def __init__(self, tokenizer, spec: ObjectiveConfig, *, cache_size: int = 65536):
+        """Prefixes under ``spec``'s metadata fields, tokenized with ``tokenizer``; at most
+        ``cache_size`` cached."""
         if cache_size < 0:
             raise ValueError(f"cache_size = {cache_size}: must be >= 0")
         self.tokenizer, self.spec, self.cache_size = tokenizer, spec, int(cache_size)
@@ -285,8 +170,8 @@ class PrefixTokenizer:
         ``count=False`` when the same document is looked up again, e.g. at row assembly after
         planning).
         """
-        value = self.spec.value(metadata)
-        text = _fill(self.spec, value)
+        value = metadata_value(metadata, self.spec.metadata_field, self.spec.metadata_kind)
+        text = prefix_text(value, self.spec)
         with self._lock:
             ids = _NO_IDS if text is None else self._encode(text)
             if count:
@@ -350,7 +235,7 @@ def split_with_prefix(doc_len: int, prefix_len: int, length: int,
     ``<= length``.
 
     ``continuation``: 'repeat' gives every piece the prefix; 'first_only' only the first (see
-    the module docstring). ``prefix_len == 0`` (no prefix) gives the plain split of
+    docs/data.md). ``prefix_len == 0`` (no prefix) gives the plain split of
     ``CausalLMRows``. No piece holds the EOS alone: the piece whose text reaches the document's
     end always has text and the EOS, so ``(doc_start, doc_len)`` alone says where the EOS is (this
     moves one token from the previous piece where ``CausalLMRows`` would cut the EOS off by
@@ -414,19 +299,6 @@ def piece_example(doc_ids, prefix_ids, piece: Piece, bos_id: int,
     return seq[:-1].copy(), seq[1:].copy(), (~no_loss[1:]).astype(np.int32)
 
 
-def meco_example(doc_ids, prefix_ids, bos_id: int,
-                 eos_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(inputs, targets, weights) int32 of the whole stage-1 example ``[BOS] prefix doc [EOS]``.
-
-    ``weights`` is 0 where the target is a prefix token and 1 where it is a document token or
-    EOS (the first document token, target of the last prefix input, has weight 1). With
-    ``bos_id >= 0`` there are ``len(prefix) + len(doc) + 1`` pairs and ``weights ==
-    [0] * len(prefix) + [1] * (len(doc) + 1)``. An empty prefix gives ``CausalLMRows``' example.
-    """
-    doc_N = np.asarray(doc_ids, np.int32).reshape(-1)
-    return piece_example(doc_N, prefix_ids, (0, doc_N.size, True), bos_id, eos_id)
-
-
 # ---------------------------------------------------------------- the switch
 
 
@@ -449,20 +321,3 @@ def cooldown_step(train_steps: int, fraction: float) -> int:
         raise ValueError(f"metadata fraction = {fraction!r}: must be in [0, 1] (0.9 = 90% of the "
                          f"steps with metadata, then a 10% cooldown)")
     return math.floor(exact * int(train_steps))
-
-
-def metadata_active(step: int, train_steps: int, fraction: float) -> bool:
-    """Whether the batch of 1-based optimizer ``step`` carries metadata: ``step <
-    cooldown_step(train_steps, fraction)``. Steps past ``train_steps`` (a grown run) are
-    cooldown."""
-    if step < 1:
-        raise ValueError(f"step = {step}: optimizer steps are 1-based (the first batch trains "
-                         f"step 1)")
-    return step < cooldown_step(train_steps, fraction)
-
-
-__all__ = [
-    "CONTINUATIONS", "DEFAULT_TEMPLATE", "KINDS", "MISSING_POLICIES", "MetadataSpec", "Piece",
-    "PrefixTokenizer", "cooldown_step", "meco_example", "metadata_active", "metadata_value",
-    "piece_example", "piece_length", "prefix_text", "split_with_prefix", "url_domain",
-]

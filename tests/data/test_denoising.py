@@ -7,6 +7,7 @@ import pytest
 
 from t5x_like import objectives
 from t5x_like.data import denoising, prepared
+from t5x_like.data import rows as rows_lib
 
 INPUTS, TARGETS = 96, 48
 
@@ -23,10 +24,10 @@ def dataset(stdlib_data, tmp_path_factory):
 
 
 def _rows(dataset, tok, denoisers, encoder_decoder, seed=0):
-    opts = denoising.ExampleOptions(INPUTS, TARGETS, encoder_decoder,
+    objective = denoising.Denoising(tuple(denoisers), objectives.SpecialIds.from_tokenizer(tok),
+                                    INPUTS, TARGETS, encoder_decoder,
                                     num_sentinels=tok.num_sentinels)
-    return denoising.open_task(dataset.path, denoisers, objectives.SpecialIds.from_tokenizer(tok),
-                               opts, seed=seed)
+    return rows_lib.open_rows(objective, dataset.path, seed=seed)
 
 
 def _segments(row_tokens, row_segments):
@@ -78,7 +79,7 @@ def test_ul2_rows_reconstruct_every_piece(dataset, stdlib_data, encoder_decoder)
             targets = [t[w == 1] for t, w in zip(targets, weights)]
         assert len(inputs) == len(targets) == len(pieces)
         for p, x, y in zip(pieces, inputs, targets):
-            den = denoisers[plan.piece_denoiser_P[p]]
+            den = denoisers[plan.piece_kind_P[p]]
             assert x[0] in mode_ids and x[0] == tok.mode_token_id(den.mode_token)
             (raw,) = dataset.pieces(plan.piece_doc_P[[p]], plan.piece_start_P[[p]],
                                     plan.piece_len_P[[p]])
@@ -92,7 +93,7 @@ def test_ul2_rows_reconstruct_every_piece(dataset, stdlib_data, encoder_decoder)
 def test_rates_determinism_and_plan_reuse(dataset, stdlib_data):
     tok = stdlib_data.tokenizer
     rows = _rows(dataset, tok, objectives.UL2R_DENOISERS, True)
-    counts = np.bincount(rows.plan.piece_denoiser_P, minlength=3)
+    counts = np.bincount(rows.plan.piece_kind_P, minlength=3)
     n = counts.sum()
     for count, p in zip(counts, [0.5, 0.25, 0.25]):
         assert abs(count - n * p) <= 3 * np.sqrt(n * p * (1 - p)) + 1

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from t5x_like import objectives
-from t5x_like.data import denoising, meco, prepared
-from t5x_like.objectives.metadata import MetadataSpec
+from t5x_like.config import ObjectiveConfig
+from t5x_like.data import causal, denoising, meco, prepared
+from t5x_like.data import rows as rows_lib
 from tests.data.test_denoising import _reconstruct
 
 LENGTH = 96
@@ -29,9 +30,19 @@ def dataset(stdlib_data, tmp_path_factory):
     return prepared.PreparedDataset(d / "prep")
 
 
+def _spec(continuation="repeat"):
+    return ObjectiveConfig(metadata_field="url", metadata_continuation=continuation)
+
+
+def _causal_rows(dataset, tok, continuation="repeat"):
+    return rows_lib.open_rows(causal.CausalLM(LENGTH, tok.bos_id, tok.eos_id), dataset.path,
+                              seed=0, prefixes=meco.DocumentPrefixes(dataset, _spec(continuation),
+                                                                     tok))
+
+
 @pytest.fixture(scope="module")
 def rows(dataset, stdlib_data):
-    return meco.open_task(dataset.path, MetadataSpec(), stdlib_data.tokenizer, LENGTH, seed=0)
+    return _causal_rows(dataset, stdlib_data.tokenizer)
 
 
 def test_every_piece_starts_with_bos_and_its_documents_prefix(rows, dataset, stdlib_data):
@@ -47,7 +58,7 @@ def test_every_piece_starts_with_bos_and_its_documents_prefix(rows, dataset, std
             url = metadata[plan.piece_doc_P[p]].get("url")
             domain = url.split("/")[2] if url else "unknown"
             prefix = tok.encode(f"URL: {domain}\n\n")
-            assert plan.piece_has_prefix_P[p]  # 'repeat': continuations keep the prefix
+            assert plan.piece_prefix_len_P[p]  # 'repeat': continuations keep the prefix
             np.testing.assert_array_equal(inputs[:1 + len(prefix)], [tok.bos_id, *prefix])
             # Weight 0 exactly on targets that are prefix tokens (BOS is never a target).
             np.testing.assert_array_equal(weights[:len(prefix)], 0)
@@ -80,11 +91,14 @@ def test_document_tokens_and_eos_are_trained_exactly_once(rows, dataset, stdlib_
 INPUTS, TARGETS = 48, 32
 
 
+def _ul2(tok, encoder_decoder):
+    return denoising.Denoising(objectives.UL2_DENOISERS, objectives.SpecialIds.from_tokenizer(tok),
+                               INPUTS, TARGETS, encoder_decoder, num_sentinels=tok.num_sentinels)
+
+
 def _denoising_rows(dataset, tok, encoder_decoder, continuation="repeat"):
-    opts = denoising.ExampleOptions(INPUTS, TARGETS, encoder_decoder,
-                                    num_sentinels=tok.num_sentinels)
-    return meco.open_denoising_task(dataset.path, MetadataSpec(continuation=continuation), tok,
-                                    objectives.UL2_DENOISERS, opts, seed=0)
+    return rows_lib.open_rows(_ul2(tok, encoder_decoder), dataset.path, seed=0,
+                              prefixes=meco.DocumentPrefixes(dataset, _spec(continuation), tok))
 
 
 def _prefix_of(metadata, tok):
@@ -123,12 +137,13 @@ def test_denoising_inputs_are_mode_then_the_documents_prefix_never_noised(
                 # The prefix is in the inputs part: attended both ways, loss weight 0 on all of it.
                 np.testing.assert_array_equal(weights, [0] * n_in + [1] * len(y))
             # The packer's accounting is exact, so no budget is exceeded by the prefix.
-            assert (len(x), len(y)) == (plan.inputs_len_P[p], plan.targets_len_P[p])
-            den = objectives.UL2_DENOISERS[plan.piece_denoiser_P[p]]
+            sizes = (len(x), len(y)) if encoder_decoder else (len(x) + len(y),)
+            assert sizes == tuple(plan.size_PxK[p])
+            den = objectives.UL2_DENOISERS[plan.piece_kind_P[p]]
             assert x[0] == tok.mode_token_id(den.mode_token)
             prefixed = continuation == "repeat" or plan.piece_start_P[p] == 0
             prefix = _prefix_of(metadata[plan.piece_doc_P[p]], tok) if prefixed else []
-            assert plan.piece_metadata_len_P[p] == len(prefix)
+            assert plan.piece_prefix_len_P[p] == len(prefix)
             # Exactly the tokenized template, untouched by the noise (no sentinel in it).
             np.testing.assert_array_equal(x[1:1 + len(prefix)], prefix)
             assert not tok.is_sentinel(np.asarray(x[1:1 + len(prefix)], np.int32)).any()
@@ -146,22 +161,19 @@ def test_denoising_inputs_are_mode_then_the_documents_prefix_never_noised(
 
 def test_denoising_plan_with_metadata_is_cut_shorter_than_without(dataset, stdlib_data):
     tok = stdlib_data.tokenizer
-    plain = denoising.plan_denoising(dataset.lengths_D, objectives.UL2_DENOISERS,
-                                     denoising.ExampleOptions(INPUTS, TARGETS, True,
-                                                              num_sentinels=tok.num_sentinels), 0)
+    plain = _ul2(tok, True).plan(rows_lib.Documents(dataset.lengths_D), seed=0, window=0)
     rows = _denoising_rows(dataset, tok, True)
     assert len(rows.plan.piece_doc_P) > len(plain.piece_doc_P)  # prefixes take inputs room
-    assert not plain.piece_metadata_len_P.any()
+    assert not plain.piece_prefix_len_P.any()
     with pytest.raises(ValueError, match="pass prefixes="):
-        denoising.DenoisingRows(dataset.path, rows.plan, objectives.UL2_DENOISERS, None, None)
+        denoising.DenoisingRows(dataset.path, rows.plan, _ul2(tok, True))
 
 
 @pytest.mark.parametrize("continuation", ["repeat", "first_only"])
 def test_the_data_summary_counts_missing_metadata_and_unprefixed_continuations(
         dataset, stdlib_data, continuation):
     tok = stdlib_data.tokenizer
-    spec = MetadataSpec(continuation=continuation)
-    for rows in (meco.open_task(dataset.path, spec, tok, LENGTH, seed=0),
+    for rows in (_causal_rows(dataset, tok, continuation),
                  _denoising_rows(dataset, tok, True, continuation)):
         summary = meco.stage1_summary(rows)
         # Every fifth document has no URL (the placeholder prefix); each is counted once.

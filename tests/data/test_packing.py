@@ -1,4 +1,4 @@
-"""Tests for sequence packing: OBFD, baselines, plans, 2-D packing and pack_pieces."""
+"""Tests for sequence packing: OBFD, baselines, plans, 2-D packing, pack_rows."""
 
 import bisect
 
@@ -6,12 +6,6 @@ import numpy as np
 import pytest
 
 from t5x_like.data import packing
-
-
-def _random_pieces(rng, n, length, key="tokens"):
-    lengths = rng.integers(1, length + 1, size=n)
-    # Token values encode (piece, position) so every token is unique and traceable.
-    return [{key: np.arange(k, dtype=np.int32) + 1000 * (i + 1)} for i, k in enumerate(lengths)]
 
 
 def _lognormal_docs(rng, n, median=400, sigma=1.3):
@@ -121,8 +115,7 @@ def test_bfd_beats_first_fit_and_fills_rows():
     lengths = rng.integers(1, 129, size=2000)
     assert packing.best_fit_decreasing(lengths, 128)[2] <= packing.first_fit(lengths, 128)[2]
     lengths = np.clip(rng.lognormal(mean=4.0, sigma=1.0, size=5000).astype(int), 1, 256)
-    out = packing.pack_pieces([{"t": np.ones(n, np.int32)} for n in lengths], 256)
-    assert lengths.sum() / out["t"].size > 0.99
+    assert packing.plan_packing(lengths, 256).fill > 0.99
 
 
 def test_empty_inputs():
@@ -257,27 +250,11 @@ def test_save_load_round_trip(tmp_path):
     plan = packing.plan_packing(_lognormal_docs(np.random.default_rng(12), 200, median=50), 128)
     path = tmp_path / "plan.npz.tmp123"  # exactly this name: writers rename it into place
     plan.save(path)
-    loaded = packing.PackPlan.load(path)
+    loaded = packing.Plan.load(path)
     assert loaded.length == 128 and loaded.num_rows == plan.num_rows and loaded.fill == plan.fill
     for f in ("piece_doc_P", "piece_start_P", "piece_len_P", "row_ptr_R1", "row_pieces_P"):
         np.testing.assert_array_equal(getattr(loaded, f), getattr(plan, f))
         assert getattr(loaded, f).dtype == getattr(plan, f).dtype
-
-
-def test_segment_layout():
-    lengths_D = _lognormal_docs(np.random.default_rng(13), 200, median=20)
-    plan = packing.plan_packing(lengths_D, 64)
-    rows_R = np.array([3, 0, 3, plan.num_rows - 1])
-    seg_RxL, pos_RxL = packing.segment_layout(plan, rows_R)
-    assert seg_RxL.shape == pos_RxL.shape == (4, 64) and seg_RxL.dtype == pos_RxL.dtype == np.int32
-    for i, r in enumerate(rows_R):
-        pieces = plan.row_pieces_P[plan.row_ptr_R1[r]:plan.row_ptr_R1[r + 1]]
-        seg = np.repeat(np.arange(1, len(pieces) + 1), plan.piece_len_P[pieces])
-        pos = np.concatenate([np.arange(n) for n in plan.piece_len_P[pieces]])
-        pad = 64 - len(seg)
-        np.testing.assert_array_equal(seg_RxL[i], np.r_[seg, np.zeros(pad, int)])
-        np.testing.assert_array_equal(pos_RxL[i], np.r_[pos, np.zeros(pad, int)])
-    assert packing.segment_layout(plan, [])[0].shape == (0, 64)
 
 
 # ---------------------------------------------------------------- two-dimensional packing
@@ -308,83 +285,44 @@ def test_plan_packing_2d(window):
         assert ref_rows <= lower * 1.1
 
 
-# ---------------------------------------------------------------- pack_pieces and helpers
-@pytest.mark.parametrize("seed", [None, 0, 3])
-def test_token_conservation_and_layout(seed):
-    length = 32
-    pieces = _random_pieces(np.random.default_rng(1), 300, length)
-    out = packing.pack_pieces(pieces, length, seed=seed)
-    tokens_NxL, seg_NxL, pos_NxL = out["tokens"], out["segment_ids"], out["positions"]
-    assert set(out) == {"tokens", "segment_ids", "positions"}
-    assert all(v.dtype == np.int32 and v.shape == tokens_NxL.shape for v in out.values())
-    assert tokens_NxL.shape[1] == length
-    # Padding is exactly where segment_ids == 0, and everything is 0 there.
-    pad = seg_NxL == 0
-    assert not tokens_NxL[pad].any() and not pos_NxL[pad].any()
-    recovered = {}
-    for r in range(tokens_NxL.shape[0]):
-        segs = seg_NxL[r][seg_NxL[r] > 0]
-        # Segments are contiguous, numbered 1..k in order, padding only at the end.
-        k = int(segs.max())
-        assert (np.unique(segs) == np.arange(1, k + 1)).all()
-        assert (np.diff(seg_NxL[r][: len(segs)]) >= 0).all() and not seg_NxL[r][len(segs):].any()
-        for s in range(1, k + 1):
-            mask = seg_NxL[r] == s
-            assert (pos_NxL[r][mask] == np.arange(mask.sum())).all()
-            toks = tokens_NxL[r][mask]
-            recovered[int(toks[0]) // 1000 - 1] = toks
-    # Every piece appears exactly once, intact and in order.
-    assert len(recovered) == len(pieces)
-    for i, piece in enumerate(pieces):
-        np.testing.assert_array_equal(recovered[i], piece["tokens"])
+# ---------------------------------------------------------------- pack_rows (every objective)
+def test_pack_rows_is_the_plans_packer_for_one_budget_and_two():
+    rng = np.random.default_rng(15)
+    lengths_D = _lognormal_docs(rng, 300, median=30)
+    for packer, window in (("best_fit", 0), ("first_fit", 0), ("best_fit", 50)):
+        plan = packing.plan_packing(lengths_D, 64, packer=packer, window=window, seed=2)
+        row_ptr_R1, row_pieces_P = packing.pack_rows(plan.size_PxK, [64], packer=packer,
+                                                     window=window, seed=2)
+        np.testing.assert_array_equal(row_ptr_R1, plan.row_ptr_R1)
+        np.testing.assert_array_equal(row_pieces_P, plan.row_pieces_P)
+    ins, tgts = rng.integers(1, 49, size=200), rng.integers(1, 17, size=200)
+    expected = packing.plan_packing_2d(ins, tgts, 48, 16, window=40, seed=4)[:2]
+    got = packing.pack_rows(np.stack([ins, tgts], 1), [48, 16], window=40, seed=4)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_multiple_keys_stay_aligned():
-    pieces = [{"a": np.arange(n) + 1, "b": -(np.arange(n) + 1)} for n in (5, 3, 8, 1)]
-    out = packing.pack_pieces(pieces, 8, seed=None)
-    np.testing.assert_array_equal(out["a"], -out["b"])
-    assert out["a"].shape == (3, 8)  # 8 | 5+3 | 1
+def test_pack_rows_refuses_what_a_budget_count_cannot_honour():
+    with pytest.raises(ValueError, match="2-D best fit only"):
+        packing.pack_rows([[1, 1]], [8, 8], packer="first_fit")
+    with pytest.raises(ValueError, match="'concat' re-cuts documents"):
+        packing.pack_rows([[1]], [8], packer="concat")
+    with pytest.raises(ValueError, match=r"need \[P, K\]"):
+        packing.pack_rows([[1, 2, 3]], [8, 8, 8])
 
 
-def test_seed_only_permutes_rows():
-    pieces = _random_pieces(np.random.default_rng(2), 100, 16)
-    base = packing.pack_pieces(pieces, 16, seed=None)
-    shuffled = packing.pack_pieces(pieces, 16, seed=7)
-    assert not np.array_equal(base["tokens"], shuffled["tokens"])
-    assert sorted(map(bytes, base["tokens"])) == sorted(map(bytes, shuffled["tokens"]))
-    np.testing.assert_array_equal(shuffled["tokens"], packing.pack_pieces(pieces, 16, seed=7)["tokens"])
-
-
-def test_rejects_bad_pieces():
-    ok = {"t": np.ones(3, np.int32)}
-    with pytest.raises(ValueError, match="piece 1 has length 9"):
-        packing.pack_pieces([ok, {"t": np.ones(9, np.int32)}], 8)
-    with pytest.raises(ValueError, match="piece 2 has length 0"):
-        packing.pack_pieces([ok, ok, {"t": np.ones(0, np.int32)}], 8)
-    with pytest.raises(ValueError, match="piece 1 has keys"):
-        packing.pack_pieces([ok, {"u": np.ones(3, np.int32)}], 8)
-    with pytest.raises(ValueError, match="piece 0 arrays"):
-        packing.pack_pieces([{"t": np.ones(3), "u": np.ones(2)}], 8)
-
-
-def test_split_long():
-    chunks = packing.split_long(np.arange(10), 4)
-    assert [c.tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert packing.split_long(np.arange(0), 4) == []
-
-
-def test_decoder_only_pieces_teacher_forcing():
-    pieces = packing.decoder_only_pieces([10, 11, 12, 13, 14], length=3, bos_id=3, eos_id=1)
-    inputs = np.concatenate([p["decoder_input_tokens"] for p in pieces])
-    targets = np.concatenate([p["decoder_target_tokens"] for p in pieces])
-    assert inputs.tolist() == [3, 10, 11, 12, 13, 14]
-    assert targets.tolist() == [10, 11, 12, 13, 14, 1]
-    assert [len(p["decoder_loss_weights"]) for p in pieces] == [3, 3]
-    assert all((p["decoder_loss_weights"] == 1).all() for p in pieces)
-    no_bos = packing.decoder_only_pieces([10, 11], length=8, bos_id=-1, eos_id=1)
-    assert no_bos[0]["decoder_input_tokens"].tolist() == [10, 11]
-    assert no_bos[0]["decoder_target_tokens"].tolist() == [11, 1]
-    assert packing.decoder_only_pieces([], length=8, bos_id=-1, eos_id=1) == []
+def test_a_two_budget_plan_reports_each_budgets_fill_and_its_bound():
+    ins, tgts = np.array([30, 20, 10]), np.array([4, 8, 8])
+    row_ptr_R1, row_pieces_P = packing.pack_rows(np.stack([ins, tgts], 1), [32, 16], seed=None)
+    zeros = np.zeros(3, np.int64)
+    plan = packing.Plan(np.array([32, 16]), zeros, zeros, ins, np.stack([ins, tgts], 1),
+                        row_ptr_R1, row_pieces_P)
+    # Inputs need ceil(60 / 32) = 2 rows, targets ceil(20 / 16) = 2: two rows are enough.
+    assert (plan.num_rows, plan.lower_bound) == (2, 2)
+    np.testing.assert_allclose(plan.fill_K, [60 / 64, 20 / 32])
+    assert plan.fill == 80 / 96
+    with pytest.raises(ValueError, match="no single length"):
+        plan.length
 
 
 def test_plan_files_build_once_and_round_trip_every_plan_kind(tmp_path):
@@ -392,8 +330,8 @@ def test_plan_files_build_once_and_round_trip_every_plan_kind(tmp_path):
     plan = packing.plan_packing(np.array([5, 40, 3, 17]), 16, seed=1)
     calls = []
     build = lambda: calls.append(1) or plan  # noqa: E731
-    first, built = load_or_build(tmp_path / "p.npz", packing.PackPlan, build)
-    again, built_again = load_or_build(tmp_path / "p.npz", packing.PackPlan, build)
+    first, built = load_or_build(tmp_path / "p.npz", packing.Plan, build)
+    again, built_again = load_or_build(tmp_path / "p.npz", packing.Plan, build)
     assert (built, built_again, calls) == (True, False, [1])
     assert again.length == 16 and isinstance(again.length, int)
     for a, b in zip((first.row_ptr_R1, first.row_pieces_P), (again.row_ptr_R1, again.row_pieces_P)):

@@ -7,7 +7,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from t5x_like.data import pipeline, prepared
+from t5x_like.data import causal, pipeline, prepared
+from t5x_like.data import rows as rows_lib
 
 LENGTH = 128
 
@@ -41,9 +42,10 @@ def prose_path(stdlib_data, tmp_path_factory):
     return _prepare(stdlib_data, tmp_path_factory, "prose", prose)
 
 
-def _rows(path, stdlib_data, **opts):
+def _rows(path, stdlib_data, packer="best_fit", seed=0, **opts):
     tok = stdlib_data.tokenizer
-    return pipeline.open_task(path, pipeline.PlanOptions(length=LENGTH, **opts), tok.bos_id, tok.eos_id)
+    return rows_lib.open_rows(causal.CausalLM(LENGTH, tok.bos_id, tok.eos_id, packer), path,
+                              seed=seed, **opts)
 
 
 def _take(it, n):
@@ -149,10 +151,10 @@ def test_mixture_rates_are_honoured_and_resume(code_path, prose_path, stdlib_dat
         pipeline.make_train_iterator(tasks, rates=[1.0], global_batch_size=8, seed=0)
 
 
-def test_score_weighted_sampling_follows_its_softmax(code_path):
+def test_score_weighted_sampling_follows_its_softmax(code_path, stdlib_data):
     dataset = prepared.PreparedDataset(code_path)
     scores_D, temperature = dataset.scores(), 0.5
-    draws = np.concatenate([pipeline._sampled_documents(dataset, temperature, s) for s in range(200)])
+    draws = np.concatenate([rows_lib._sampled_documents(dataset, temperature, s) for s in range(200)])
     counts = np.bincount(scores_D[draws].astype(int), minlength=4)
     logits = scores_D / temperature
     probs_D = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
@@ -160,10 +162,11 @@ def test_score_weighted_sampling_follows_its_softmax(code_path):
     sigma = np.sqrt(expected * (1 - expected / len(draws)))
     assert np.all(np.abs(counts - expected) <= 4 * sigma + 1), (counts, expected)
     # The plan packs the sampled multiset, and is stored next to the data for reuse.
-    plan = pipeline.load_or_build_plan(dataset, pipeline.PlanOptions(LENGTH, score_temperature=0.5))
+    plans = set((code_path / "plans").glob("*.npz"))
+    plan = _rows(code_path, stdlib_data, score_temperature=0.5).plan
     assert np.bincount(scores_D[plan.piece_doc_P[plan.piece_start_P == 0]].astype(int))[3] > \
         np.bincount(scores_D.astype(int))[3]
-    assert list((code_path / "plans").glob("*_T0.5.npz"))
+    assert len(set((code_path / "plans").glob("*.npz")) - plans) == 1
 
 
 def test_eval_batches_count_every_row_once(code_path, stdlib_data):

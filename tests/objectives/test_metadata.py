@@ -5,9 +5,10 @@ import pickle
 import numpy as np
 import pytest
 
+from t5x_like.config import ConfigError, ObjectiveConfig
 from t5x_like.objectives.metadata import (
-    MetadataSpec, PrefixTokenizer, cooldown_step, meco_example, metadata_active, metadata_value,
-    piece_example, piece_length, prefix_text, split_with_prefix, url_domain,
+    PrefixTokenizer, cooldown_step, metadata_value, piece_example, piece_length, prefix_text,
+    split_with_prefix, url_domain,
 )
 
 BOS, EOS = 3, 1
@@ -91,36 +92,55 @@ def test_metadata_value_kinds_and_missing():
 # ---------------------------------------------------------------- spec and prefixes
 
 
+_SPEC_KEYS = {"field": "metadata_field", "kind": "metadata_kind", "template": "metadata_template",
+              "missing": "missing_metadata", "placeholder": "metadata_placeholder",
+              "continuation": "metadata_continuation"}
+
+
+def _spec(**kw):
+    """The MeCo fields of an ObjectiveConfig, by short names."""
+    return ObjectiveConfig(**{_SPEC_KEYS[k]: v for k, v in ({"field": "url"} | kw).items()})
+
+
+def meco_example(doc_ids, prefix_ids, bos_id, eos_id):
+    """The whole stage-1 example ``[BOS] prefix doc [EOS]``: one prefixed piece."""
+    return piece_example(doc_ids, prefix_ids, (0, len(doc_ids), True), bos_id, eos_id)
+
+
+def _prefix_text(metadata, spec):
+    return prefix_text(metadata_value(metadata, spec.metadata_field, spec.metadata_kind), spec)
+
+
 @pytest.mark.parametrize("template", ["URL: value\n\n", "URL: {val}\n\n", "{value} {other}",
                                       "{value} {", "{value} {0}"])
 def test_template_validation(template):
-    with pytest.raises(ValueError, match="template"):
-        MetadataSpec(template=template)
+    with pytest.raises(ConfigError, match="metadata_template"):
+        _spec(template=template)
 
 
 def test_spec_validation():
-    for kw in ({"kind": "host"}, {"missing": "drop"}, {"continuation": "mask"}, {"field": ""},
+    for kw in ({"kind": "host"}, {"missing": "drop"}, {"continuation": "mask"},
                {"placeholder": " "}):
-        with pytest.raises(ValueError, match="MetadataSpec"):
-            MetadataSpec(**kw)
-    MetadataSpec(missing="skip", placeholder="")  # no placeholder needed when skipping
-    assert MetadataSpec(template="{{x}} {value}").template.format(value="v") == "{x} v"
+        with pytest.raises(ConfigError, match="choose one of|non-blank"):
+            _spec(**kw)
+    _spec(missing="skip", placeholder="")  # no placeholder needed when skipping
+    assert _spec(template="{{x}} {value}").metadata_template.format(value="v") == "{x} v"
 
 
 def test_prefix_text():
-    spec = MetadataSpec()
-    assert prefix_text({"url": "https://en.wikipedia.org/wiki/X"}, spec) == "URL: en.wikipedia.org\n\n"
-    assert prefix_text({}, spec) == "URL: unknown\n\n"
-    assert prefix_text({"url": "garbage"}, spec) == "URL: unknown\n\n"
-    assert prefix_text({}, MetadataSpec(missing="skip")) is None
-    topic = MetadataSpec(field="topic", kind="value", template="Topic: {value}\n\n")
-    assert prefix_text({"topic": "Biology"}, topic) == "Topic: Biology\n\n"
+    spec = _spec()
+    assert _prefix_text({"url": "https://en.wikipedia.org/wiki/X"}, spec) == "URL: en.wikipedia.org\n\n"
+    assert _prefix_text({}, spec) == "URL: unknown\n\n"
+    assert _prefix_text({"url": "garbage"}, spec) == "URL: unknown\n\n"
+    assert _prefix_text({}, _spec(missing="skip")) is None
+    topic = _spec(field="topic", kind="value", template="Topic: {value}\n\n")
+    assert _prefix_text({"topic": "Biology"}, topic) == "Topic: Biology\n\n"
 
 
 @pytest.mark.parametrize("missing", ["placeholder", "skip"])
 def test_prefix_tokenizer_counts_and_cache(missing):
     tok = FakeTokenizer()
-    pt = PrefixTokenizer(tok, MetadataSpec(missing=missing))
+    pt = PrefixTokenizer(tok, _spec(missing=missing))
     docs = [{"url": "https://a.org/1"}, {"url": "http://a.org/2"}, {}, {"url": "junk"},
             {"url": "https://b.org"}, None]
     got = [pt.ids(md) for md in docs]
@@ -144,7 +164,7 @@ def test_prefix_tokenizer_counts_and_cache(missing):
 
 def test_prefix_tokenizer_cache_is_bounded():
     tok = FakeTokenizer()
-    pt = PrefixTokenizer(tok, MetadataSpec(kind="url"), cache_size=2)
+    pt = PrefixTokenizer(tok, _spec(kind="url"), cache_size=2)
     for i in range(5):
         pt.ids({"url": f"https://x.org/{i}"})
     pt.ids({"url": "https://x.org/4"})
@@ -156,7 +176,7 @@ def test_prefix_tokenizer_cache_is_bounded():
 
 def test_stage1_layout_and_loss_mask():
     tok = FakeTokenizer()
-    prefix = PrefixTokenizer(tok, MetadataSpec()).ids({"url": "https://en.wikipedia.org/wiki/X"})
+    prefix = PrefixTokenizer(tok, _spec()).ids({"url": "https://en.wikipedia.org/wiki/X"})
     assert decode(prefix) == "URL: en.wikipedia.org\n\n"
     doc = np.array([7, 8, 9, 10], np.int32)
     inputs, targets, weights = meco_example(doc, prefix, BOS, EOS)
@@ -279,18 +299,12 @@ def test_split_errors():
 
 def test_cooldown_step_boundaries():
     assert cooldown_step(100, 0.9) == 90
-    assert metadata_active(89, 100, 0.9) and not metadata_active(90, 100, 0.9)
-    assert not metadata_active(100, 100, 0.9) and not metadata_active(150, 100, 0.9)
-    assert metadata_active(1, 100, 0.9)
-    assert sum(metadata_active(s, 100, 0.9) for s in range(1, 101)) == 89
+    assert sum(s < cooldown_step(100, 0.9) for s in range(1, 101)) == 89  # steps 1..89
     assert cooldown_step(100, 0.57) == 57  # not 56 (0.57 * 100 == 56.99999999999999)
     assert cooldown_step(40_000, 0.9) == 36_000 and cooldown_step(7, 0.9) == 6
-    assert cooldown_step(100, 0) == 0 and not metadata_active(1, 100, 0.0)
-    assert cooldown_step(100, 1) == 100 and metadata_active(99, 100, 1.0)
+    assert cooldown_step(100, 0) == 0 and cooldown_step(100, 1) == 100
     for bad in (-0.1, 1.5, float("nan"), "x"):
         with pytest.raises(ValueError, match="fraction"):
             cooldown_step(100, bad)
     with pytest.raises(ValueError, match="train_steps"):
         cooldown_step(-1, 0.9)
-    with pytest.raises(ValueError, match="1-based"):
-        metadata_active(0, 100, 0.9)
