@@ -393,6 +393,9 @@ class ObjectiveConfig(_Validated):
     use_mode_tokens: bool = True  # prepend each denoiser's mode token to its inputs
     sentinel_policy: SentinelPolicy = "cap"
     random_roll: bool = False  # roll each noise mask by a random offset (sentinels still pair up)
+    # Cut denoising pieces for 1/k of each budget, so that k or more share a row and rows mix
+    # piece shapes: less padding, shorter examples (docs/data.md, "Denoising rows").
+    pieces_per_row: int = 1
     # MeCo (metadata conditioning, then cooldown): '' = off; else the record field whose value
     # prefixes each document ("URL: en.wikipedia.org\n\n") until the cooldown step. Composes with
     # every objective: causal_lm rows are [BOS] prefix doc [EOS]; denoising inputs are
@@ -423,6 +426,7 @@ class ObjectiveConfig(_Validated):
                                               "placeholder (the paper's 'unknown'), or use 'skip'")
         self._require(0.0 <= self.cooldown_fraction <= 1.0, "cooldown_fraction",
                       "must be in [0, 1]")
+        self._require(self.pieces_per_row >= 1, "pieces_per_row", "must be >= 1")
         for i, (kind, mu, rate, weight, _) in enumerate(self.denoisers):
             self._require(weight > 0 and 0 < rate < 1, "denoisers",
                           f"row {i}: need 0 < noise rate < 1 and a positive mixing rate")
@@ -462,7 +466,9 @@ class DataConfig(_Validated):
     mixtures: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> {task: rate}
     eval_files: str = ""  # eval source of an unnamed task given as a path
     text_field: str = "text"  # text field of an unnamed task given as a path
-    task_feature_lengths: dict[str, int] = dataclasses.field(
+    # Row budgets: {'targets': L} for causal_lm, {'inputs': Li, 'targets': Lt} for the denoisers;
+    # 'targets': 'auto' fits Lt to the mixture's targets per input (resolved by gin_loader).
+    task_feature_lengths: dict[str, int | Literal["auto"]] = dataclasses.field(
         default_factory=lambda: {"targets": 256})
     tokenizer_path: str = ""  # sentencepiece .model; '' = trained on the stdlib corpus
     tokenizer_extra_ids: int = 0  # ids appended after the sentencepiece model (T5: 100 sentinels)
@@ -481,8 +487,10 @@ class DataConfig(_Validated):
         lengths = self.task_feature_lengths
         self._require(set(lengths) in ({"targets"}, {"inputs", "targets"}), "task_feature_lengths",
                       "give {'targets': L}, or {'inputs': Li, 'targets': Lt} for denoising")
-        self._require(all(v > 0 for v in lengths.values()), "task_feature_lengths",
-                      "lengths must be positive")
+        self._require(all(v == "auto" or v > 0 for v in lengths.values()),
+                      "task_feature_lengths", "lengths must be positive")
+        self._require(lengths.get("targets") != "auto" or isinstance(lengths.get("inputs"), int),
+                      "task_feature_lengths", "'targets': 'auto' needs an inputs length")
         self._require(bool(self.mixture_or_task_name), "mixture_or_task_name",
                       "name a task or mixture, 'stdlib', or give a source path/glob")
         self._require(self.pack_window >= 0, "pack_window", "must be >= 0")
@@ -583,6 +591,13 @@ class RunConfig(_Validated):
         if set(lengths) != want:
             raise ConfigError(f"DataConfig.task_feature_lengths = {lengths!r}: objective {name!r} "
                               f"needs the keys {sorted(want)}")
+        if "auto" in lengths.values():
+            raise ConfigError(f"DataConfig.task_feature_lengths = {lengths!r}: 'auto' is resolved "
+                              "when gin files load (t5x_like.gin_loader); in Python, give the "
+                              "length (objectives.auto_targets_length computes it)")
+        if self.objective.pieces_per_row > 1 and name == "causal_lm":
+            raise ConfigError(f"ObjectiveConfig.pieces_per_row = {self.objective.pieces_per_row}: "
+                              "causal_lm pieces are cut only where the row forces it; set 1")
         self._validate_packing()
         if self.data.cooldown_mixture_or_task_name and not self.objective.metadata_field:
             raise ConfigError(

@@ -19,7 +19,8 @@ from typing import Sequence
 
 import gin
 
-from t5x_like import config as cfg_lib, fileio
+from t5x_like import config as cfg_lib, fileio, objectives
+from t5x_like.data.tokenizer_training import DEFAULT_NUM_SENTINELS
 from t5x_like.config import ConfigError, RunConfig
 
 _PARTS = {"model": cfg_lib.ModelConfig, "mesh": cfg_lib.MeshConfig,
@@ -130,6 +131,7 @@ def load_run_config(gin_files: Sequence[str] = (), flags: dict[str, str] | None 
     try:
         gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
         parts = {name: build() for name, build in builders.items()}
+        parts["data"] = _resolve_auto_targets(parts["data"], parts["objective"])
         run = RunConfig(**parts)
     except ConfigError as e:
         raise ConfigError(str(e).split("\n")[0]) from None
@@ -138,6 +140,22 @@ def load_run_config(gin_files: Sequence[str] = (), flags: dict[str, str] | None 
     if model_dir is not None:
         run = with_model_dir(run, model_dir)
     return run
+
+
+def _resolve_auto_targets(data: cfg_lib.DataConfig,
+                          objective: cfg_lib.ObjectiveConfig) -> cfg_lib.DataConfig:
+    """``'targets': 'auto'`` replaced by the budget that fits the objective's mixture."""
+    lengths = data.task_feature_lengths
+    denoisers = (objectives.denoisers_from_config(objective)
+                 if objective.name in objectives.PRESETS else ())
+    if lengths.get("targets") != "auto" or not denoisers or "inputs" not in lengths:
+        return data  # a wrong combination is refused by RunConfig, naming the field
+    auto = objectives.auto_targets_length(
+        denoisers, lengths["inputs"],
+        pieces_per_row=objective.pieces_per_row, use_mode_token=objective.use_mode_tokens,
+        sentinel_policy=objective.sentinel_policy, random_roll=objective.random_roll,
+        num_sentinels=data.tokenizer_extra_ids or DEFAULT_NUM_SENTINELS)
+    return dataclasses.replace(data, task_feature_lengths=lengths | {"targets": auto})
 
 
 def with_model_dir(run: RunConfig, model_dir: str) -> RunConfig:

@@ -66,3 +66,13 @@ def test_includes_resolve_with_a_runs_directory_in_the_working_directory(tmp_pat
     (tmp_path / "runs" / "default").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert gin_loader.load_run_config(["runs/eval.gin"]).train.eval_batches == 64
+
+
+def test_auto_targets_is_resolved_at_load_and_refused_in_python():
+    import dataclasses
+    from t5x_like.config import ConfigError, RunConfig
+    cfg = gin_loader.load_run_config(["runs/ul2_tiny.gin"], {})
+    assert cfg.data.task_feature_lengths == {"inputs": 128, "targets": 64}
+    data = dataclasses.replace(cfg.data, task_feature_lengths={"inputs": 128, "targets": "auto"})
+    with pytest.raises(ConfigError, match="'auto' is resolved when gin files load"):
+        RunConfig(data=data, objective=cfg.objective, model=cfg.model)

@@ -55,6 +55,7 @@ class Denoising:
     random_roll: bool = False
     num_sentinels: int = 100
     packer: str = "best_fit"
+    pieces_per_row: int = 1  # pieces are cut for 1/k of each budget
 
     kind = "denoise"
 
@@ -66,7 +67,8 @@ class Denoising:
                    objectives.SpecialIds.from_tokenizer(tokenizer),
                    lengths["inputs"], lengths["targets"],
                    cfg.model.architecture == "encoder_decoder", o.use_mode_tokens,
-                   o.sentinel_policy, o.random_roll, tokenizer.num_sentinels, cfg.data.packer)
+                   o.sentinel_policy, o.random_roll, tokenizer.num_sentinels, cfg.data.packer,
+                   o.pieces_per_row)
 
     @property
     def budgets(self) -> tuple[int, ...]:
@@ -121,7 +123,9 @@ def cut_pieces(lengths_D: np.ndarray, objective: Denoising, seed: int,
     @functools.cache
     def raw_max(k: int, metadata_len: int) -> int:
         # A decoder-only row holds inputs and targets together: only their sum is budgeted.
-        return objectives.raw_length_for(opts.inputs_length, opts.targets_length, denoisers[k],
+        k_row = opts.pieces_per_row
+        return objectives.raw_length_for(opts.inputs_length // k_row,
+                                         opts.targets_length // k_row, denoisers[k],
                                          combined=not opts.encoder_decoder,
                                          metadata_len=metadata_len, **opts.lengths_kwargs())
 

@@ -323,11 +323,14 @@ def plan_packing_2d(inputs_len_P, targets_len_P, inputs_length: int, targets_len
     inputs start at ``inputs_offset_P`` and its targets at ``targets_offset_P`` in that row.
     Nothing is split: every piece must fit both lengths (lengths may be 0).
 
-    Heuristic: pieces go in decreasing order of ``max(inputs / inputs_length, targets /
-    targets_length)`` (ties in input order), each into the open row that fits both with the
-    fewest free inputs tokens, then the fewest free targets tokens, else a new row (a segment
-    tree over free inputs whose leaves hold the largest free targets finds it in O(log L)).
-    ``window`` and ``seed`` work as in :func:`plan_packing`.
+    Two heuristics run on every window and the one with fewer rows is kept (best fit on a
+    tie): best fit in decreasing order of ``max(inputs / inputs_length, targets /
+    targets_length)``, each piece into the open row that fits both with the fewest free inputs
+    tokens, then the fewest free targets tokens (a segment tree over free inputs whose leaves
+    hold the largest free targets finds it in O(log L)); and row-at-a-time filling by dot
+    product (``packing_kernels.fill_rows_2d``), which mixes piece shapes where best fit builds
+    rows of one shape that leave the other budget empty. ``window`` and ``seed`` work as in
+    :func:`pack_rows`.
     """
     inputs_length = _check_length(inputs_length, "inputs_length")
     targets_length = _check_length(targets_length, "targets_length")
@@ -347,6 +350,9 @@ def plan_packing_2d(inputs_len_P, targets_len_P, inputs_length: int, targets_len
     for lo, hi in _windows(len(in_P), window):
         order = np.argsort(-key_P[lo:hi], kind="stable")
         rows, ins, tgts, n = _k.bfd_2d(in_P[lo:hi], tgt_P[lo:hi], order, inputs_length, targets_length)
+        mixed = _k.fill_rows_2d(in_P[lo:hi], tgt_P[lo:hi], inputs_length, targets_length)
+        if mixed[3] < n:
+            rows, ins, tgts, n = mixed
         row_P[lo:hi], in_off_P[lo:hi], tgt_off_P[lo:hi] = rows + total, ins, tgts
         rows_W.append(int(n))
         total += int(n)

@@ -228,6 +228,98 @@ def bfd_2d(inputs_P, targets_P, order_P, inputs_length, targets_length):
     return row_P, in_off_P, tgt_off_P, num_rows
 
 
+_BITS = 62  # bits per word of a column's occupancy bitset (int64, sign bit kept clear)
+
+
+@numba.njit(cache=True)
+def _highest_at_most(bits_W, t):
+    """The largest set bit index <= t of a bitset, or -1."""
+    w = t // _BITS
+    word = bits_W[w] & ((1 << (t % _BITS + 1)) - 1)
+    while word == 0:
+        w -= 1
+        if w < 0:
+            return -1
+        word = bits_W[w]
+    high = 0
+    while word >> (high + 1):
+        high += 1
+    return w * _BITS + high
+
+
+@numba.njit(cache=True)
+def fill_rows_2d(inputs_P, targets_P, inputs_length, targets_length):
+    """Row-at-a-time 2-D packing: ``(row_P, inputs_offset_P, targets_offset_P, rows)``.
+
+    One row is open at a time. It takes, again and again, the waiting piece whose (inputs,
+    targets) has the largest dot product with the room the row has left (each budget
+    normalized by its length), and closes when no waiting piece fits. Unlike best fit in
+    decreasing order, a row that has targets room left draws target-heavy pieces, so rows
+    mix piece shapes (the bin-centric dot-product heuristic of Panigrahy et al., 2011).
+    Pieces of one shape are taken in input order. Per pick: for each inputs length (a
+    column), the longest fitting targets length is the column's best, found in an
+    occupancy bitset; columns are scanned from the longest and the scan stops once no
+    shorter column can win.
+    """
+    li, lt = inputs_length, targets_length
+    n = len(inputs_P)
+    words = lt // _BITS + 1
+    count_AT = np.zeros((li + 1, lt + 1), np.int64)
+    for p in range(n):
+        count_AT[inputs_P[p], targets_P[p]] += 1
+    start_AT = np.zeros((li + 1, lt + 1), np.int64)  # next piece of each shape, in shape order
+    total = 0
+    for a in range(li + 1):
+        for t in range(lt + 1):
+            start_AT[a, t] = total
+            total += count_AT[a, t]
+    order_Q = np.empty(n, np.int64)
+    fill_AT = start_AT.copy()
+    for p in range(n):
+        order_Q[fill_AT[inputs_P[p], targets_P[p]]] = p
+        fill_AT[inputs_P[p], targets_P[p]] += 1
+    bits_AW = np.zeros((li + 1, words), np.int64)
+    column_A = np.zeros(li + 1, np.int64)
+    for a in range(li + 1):
+        for t in range(lt + 1):
+            if count_AT[a, t]:
+                bits_AW[a, t // _BITS] |= 1 << (t % _BITS)
+                column_A[a] += count_AT[a, t]
+    row_P = np.empty(n, np.int64)
+    in_off_P = np.empty(n, np.int64)
+    tgt_off_P = np.empty(n, np.int64)
+    scale_i, scale_t = 1.0 / (li * li), 1.0 / (lt * lt)
+    left, num_rows = n, 0
+    while left:
+        ri, rt = li, lt
+        while True:
+            best, best_a, best_t = -1.0, -1, -1
+            for a in range(ri, -1, -1):
+                if a * ri * scale_i + rt * rt * scale_t <= best:
+                    break  # even a full targets room cannot lift a shorter column above best
+                if column_A[a] == 0:
+                    continue
+                t = _highest_at_most(bits_AW[a], rt)
+                if t >= 0:
+                    score = a * ri * scale_i + t * rt * scale_t
+                    if score > best:
+                        best, best_a, best_t = score, a, t
+            if best_a < 0:
+                break
+            p = order_Q[start_AT[best_a, best_t]]
+            start_AT[best_a, best_t] += 1
+            count_AT[best_a, best_t] -= 1
+            column_A[best_a] -= 1
+            if count_AT[best_a, best_t] == 0:
+                bits_AW[best_a, best_t // _BITS] &= ~(1 << (best_t % _BITS))
+            row_P[p], in_off_P[p], tgt_off_P[p] = num_rows, li - ri, lt - rt
+            ri -= best_a
+            rt -= best_t
+            left -= 1
+        num_rows += 1
+    return row_P, in_off_P, tgt_off_P, num_rows
+
+
 @numba.njit(cache=True)
 def group_rows(row_P, key_P, num_rows):
     """CSR grouping ``(row_ptr_R1, row_pieces_P)``: pieces by row, key-increasing in a row."""

@@ -18,7 +18,7 @@ from t5x_like.objectives.denoisers import (
     choose_denoisers, denoisers_from_config, mixing_probabilities, ul2_denoisers,
 )
 from t5x_like.objectives.examples import (
-    SENTINEL_POLICIES, SpecialIds, build_example, max_output_lengths, output_lengths,
+    SENTINEL_POLICIES, SpecialIds, auto_targets_length, build_example, max_output_lengths, output_lengths,
     plan_raw_lengths, raw_length_for, span_budget, to_decoder_only,
 )
 from t5x_like.objectives.noise import (
@@ -30,7 +30,8 @@ from t5x_like.objectives.noise import (
 __all__ = [
     "NLG", "NLU", "PARADIGMS", "PREFIX_LM_DENOISERS", "PRESETS", "S2S", "SENTINEL_POLICIES",
     "SPAN_CORRUPTION_DENOISERS", "UL2_DENOISERS", "UL2_DENOISERS_S20", "UL2_S_TARGET_FRACTION",
-    "UL2R_DENOISERS", "Denoiser", "SentinelBudgetError", "SpecialIds", "build_example",
+    "UL2R_DENOISERS", "Denoiser", "SentinelBudgetError", "SpecialIds", "auto_targets_length",
+    "build_example",
     "choose_denoisers", "count_noise_runs", "denoisers_from_config", "max_output_lengths",
     "mixing_probabilities", "noise_span_to_unique_sentinel", "nonnoise_span_to_unique_sentinel",
     "num_noise_and_spans", "output_lengths", "plan_raw_lengths", "random_prefix_split",

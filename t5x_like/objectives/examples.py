@@ -41,6 +41,7 @@ sentinels (one fewer with ``random_roll``, which keeps a sentinel for a span cut
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping
 
 import numpy as np
@@ -227,6 +228,36 @@ def raw_length_for(inputs_length: int, targets_length: int, denoiser: Denoiser, 
     if sentinel_policy == "error" and not denoiser.is_prefix_lm:
         _max_spans(lo, denoiser, "error", num_sentinels, random_roll)
     return lo
+
+
+def auto_targets_length(denoisers, inputs_length: int, *, pieces_per_row: int = 1,
+                        use_mode_token: bool, sentinel_policy: str, num_sentinels: int,
+                        random_roll: bool = False, multiple: int = 8) -> int:
+    """The targets budget that fits a mixture: ``inputs_length`` x its targets per input.
+
+    Each denoiser's piece is cut as the planner cuts it (for budgets ``// pieces_per_row``),
+    its expected output lengths (the S split and a rolled mask averaged over 64 seeds) are
+    weighted by the mixing rates, and the ratio, rounded up to ``multiple``, gives the budget.
+    The cut depends on the targets budget, so this iterates to a fixed point (or the first
+    repeated value). Rows of a budget that fits waste neither the inputs nor the targets.
+    """
+    kw = dict(use_mode_token=use_mode_token, sentinel_policy=sentinel_policy,
+              num_sentinels=num_sentinels, random_roll=random_roll)
+    weights = np.array([d.weight for d in denoisers], np.float64)
+    targets_length, seen = inputs_length, set()
+    while targets_length not in seen:
+        seen.add(targets_length)
+        mean_in_K, mean_tgt_K = [], []
+        for d in denoisers:
+            n = raw_length_for(inputs_length // pieces_per_row, targets_length // pieces_per_row,
+                               d, **kw)
+            seeds = range(64) if (d.is_prefix_lm or random_roll) else (None,)
+            outs = np.array([output_lengths(n, d, seed=s, **kw) for s in seeds], np.float64)
+            mean_in_K.append(outs[:, 0].mean())
+            mean_tgt_K.append(outs[:, 1].mean())
+        ratio = float(weights @ mean_tgt_K) / float(weights @ mean_in_K)
+        targets_length = multiple * math.ceil(inputs_length * ratio / multiple)
+    return targets_length
 
 
 def plan_raw_lengths(denoisers, inputs_length: int, targets_length: int, *, use_mode_tokens: bool,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from t5x_like.data import packing
+from t5x_like.data import packing_kernels as _k
 
 
 def _lognormal_docs(rng, n, median=400, sigma=1.3):
@@ -72,6 +73,27 @@ def _reference_bfd_2d(ins, tgts, lin, ltgt):
         row[i], in_off[i], tgt_off[i] = b, lin - rows[b][0], ltgt - rows[b][1]
         rows[b] = [rows[b][0] - ins[i], rows[b][1] - tgts[i], step]
     return row, in_off, tgt_off, len(rows)
+
+
+def _reference_fill_rows_2d(ins, tgts, lin, ltgt):
+    """One row at a time: the waiting piece with the largest normalized dot product with the
+    row's room; on a tie the longest inputs, then the first in input order."""
+    waiting = list(range(len(ins)))
+    row, in_off, tgt_off, rows = [0] * len(ins), [0] * len(ins), [0] * len(ins), 0
+    while waiting:
+        ri, rt = lin, ltgt
+        while True:
+            fits = [i for i in waiting if ins[i] <= ri and tgts[i] <= rt]
+            if not fits:
+                break
+            # The kernel's arithmetic exactly, so that ties break the same way.
+            i = max(fits, key=lambda i: (ins[i] * ri * (1.0 / (lin * lin))
+                                         + tgts[i] * rt * (1.0 / (ltgt * ltgt)), ins[i], -i))
+            row[i], in_off[i], tgt_off[i] = rows, lin - ri, ltgt - rt
+            ri, rt = ri - ins[i], rt - tgts[i]
+            waiting.remove(i)
+        rows += 1
+    return row, in_off, tgt_off, rows
 
 
 # ---------------------------------------------------------------- assignment kernels
@@ -277,12 +299,27 @@ def test_plan_packing_2d(window):
         assert (np.diff(starts) >= 0).all()
         assert all(len(set(window_P[row_pieces_P[a:b]])) == 1 for a, b in zip(row_ptr_R1[:-1], row_ptr_R1[1:]))
     else:
-        _, ref_in, ref_tgt, ref_rows = _reference_bfd_2d(ins.tolist(), tgts.tolist(), 48, 16)
-        assert len(row_ptr_R1) - 1 == ref_rows
-        np.testing.assert_array_equal(in_off_P, ref_in)
-        np.testing.assert_array_equal(tgt_off_P, ref_tgt)
+        order = np.argsort(-np.maximum(ins * 16, tgts * 48), kind="stable")
+        bfd = _k.bfd_2d(ins, tgts, order, 48, 16)
+        fill = _k.fill_rows_2d(ins, tgts, 48, 16)
+        for got, ref in ((bfd, _reference_bfd_2d(ins.tolist(), tgts.tolist(), 48, 16)),
+                         (fill, _reference_fill_rows_2d(ins.tolist(), tgts.tolist(), 48, 16))):
+            assert got[3] == ref[3]
+            for a, b in zip(got[:3], ref[:3]):
+                np.testing.assert_array_equal(a, b)
+        assert len(row_ptr_R1) - 1 == min(bfd[3], fill[3])  # the better of the two is kept
         lower = max(-(-ins.sum() // 48), -(-tgts.sum() // 16))
-        assert ref_rows <= lower * 1.1
+        assert len(row_ptr_R1) - 1 <= lower * 1.1
+
+
+def test_two_budget_rows_mix_piece_shapes():
+    """Input-heavy and target-heavy pieces share rows: 417 rows where best fit in decreasing
+    order builds 250 rows of each shape (500), and 400 is the bound."""
+    ins, tgts = np.array([32] * 1000 + [15] * 1000), np.array([7] * 1000 + [15] * 1000)
+    order = np.argsort(-np.maximum(ins * 61, tgts * 128), kind="stable")
+    assert _k.bfd_2d(ins, tgts, order, 128, 61)[3] == 500
+    row_ptr_R1, _, _, _ = packing.plan_packing_2d(ins, tgts, 128, 61)
+    assert len(row_ptr_R1) - 1 == 417
 
 
 # ---------------------------------------------------------------- pack_rows (every objective)

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from t5x_like import objectives
 from t5x_like.config import ObjectiveConfig
 from t5x_like.objectives import (
     PREFIX_LM_DENOISERS, SPAN_CORRUPTION_DENOISERS, UL2_DENOISERS, UL2_DENOISERS_S20,
@@ -312,3 +313,15 @@ def test_metadata_is_counted_in_the_budget(combined):
                     else len(inputs) <= budgets[0] and len(targets) <= budgets[1]), (d.name, n)
     with pytest.raises(ValueError, match="5-token metadata prefix.*shorten the metadata"):
         raw_length_for(7, 10, UL2_DENOISERS[0], metadata_len=m, num_sentinels=100, **kwargs())
+
+
+def test_auto_targets_length_is_t5s_span_corruption_budget():
+    """T5's span corruption at 512 inputs has 114 targets (random_spans_helper); UL2's mixture
+    asks for about half its inputs."""
+    kw = dict(use_mode_token=False, sentinel_policy="cap", num_sentinels=100)
+    assert objectives.auto_targets_length(objectives.SPAN_CORRUPTION_DENOISERS, 512, multiple=1,
+                                          **kw) == 114
+    assert objectives.auto_targets_length(objectives.SPAN_CORRUPTION_DENOISERS, 512, **kw) == 120
+    ul2 = objectives.auto_targets_length(objectives.UL2_DENOISERS, 128, pieces_per_row=3,
+                                         **(kw | {"use_mode_token": True}))
+    assert 48 <= ul2 <= 72 and ul2 % 8 == 0
