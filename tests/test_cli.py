@@ -125,6 +125,8 @@ def test_meco_denoising_runs_train_resume_eval_and_generate_with_metadata(
         stdlib_data, tmp_path, capsys, gin_file, extra):
     flags = [f"--gin_file={gin_file}", *extra, *MICRO_FLAGS, "--gin.SCHEDULE_STEPS=8",
              "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 32}",
+             # Whole pieces: a third of 48 + 32 cannot hold the module-path prefix.
+             "--gin.ObjectiveConfig.pieces_per_row=1",
              "--gin.OptimizerConfig.warmup_steps=2", "--gin.TrainConfig.eval_every=8",
              "--gin.TrainConfig.checkpoint_every=6", "--gin.TrainConfig.log_every=1",
              f"--gin.DataConfig.data_dir={stdlib_data.data_dir}"]

@@ -12,6 +12,8 @@ Modules (import them directly; this package imports nothing eagerly so that
 * ``prepared``: a corpus tokenized once into ArrayRecord shards, read by index.
 * ``packing``, ``packing_kernels``: optimized best-fit-decreasing (numba segment tree),
   baselines, 2-D packing, packing plans.
-* ``pipeline``: packed rows from plans, task mixtures, resumable grain iterators, eval batches.
+* ``rows``: the objective contract (``RowObjective``, ``register``, ``open_rows``); the
+  objectives ``causal`` and ``denoising``; ``meco``: metadata prefixes for any of them.
+* ``pipeline``: task mixtures over row sources, resumable grain iterators, eval batches.
 * ``streaming``: windowed packing of sources read on the fly, with O(1) resume state.
 """
