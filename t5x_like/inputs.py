@@ -121,7 +121,8 @@ def _eval_tasks(cfg: RunConfig) -> list[TaskConfig]:
 
 
 def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None,
-                       metadata: Metadata = "none") -> list[dict[str, np.ndarray]]:
+                       metadata: Metadata = "none",
+                       objective: rows.RowObjective | None = None) -> list[dict[str, np.ndarray]]:
     """This process's share of the fixed eval batches of every task that has an eval split.
 
     ``metadata`` (MeCo models): as in :func:`task_rows`; the prefix carries no loss. For
@@ -134,7 +135,7 @@ def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None,
         raise ValueError(f"metadata = {metadata!r}: choose none, true or wrong")
     if metadata != "none" and not cfg.objective.metadata_field:
         raise ValueError("evaluating with metadata needs ObjectiveConfig.metadata_field")
-    objective = rows.objective_for(cfg, tokenizer)
+    objective = objective or rows.objective_for(cfg, tokenizer)
     batches = []
     for task in _eval_tasks(cfg):
         batches += pipeline.eval_batches(task_rows(cfg, objective, task, "eval", tokenizer, metadata),
@@ -228,4 +229,5 @@ def build_inputs(cfg: RunConfig) -> tuple[Tokenizer, Inputs]:
                 cfg.data.cooldown_mixture_or_task_name)[0])
     else:
         train_iter = _train_iterator(cfg, objective, tasks, rates, tokenizer)
-    return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer), names)
+    return tokenizer, Inputs(train_iter, build_eval_batches(cfg, tokenizer, objective=objective),
+                             names)

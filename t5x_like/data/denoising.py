@@ -196,7 +196,7 @@ class DenoisingRows(rows.DocumentRows):
         """Features of rows ``rows_B``."""
         rows_B = np.asarray(rows_B, np.int64)
         o = self.objective
-        dec_len = o.targets_length if o.encoder_decoder else o.inputs_length + o.targets_length
+        dec_len = o.budgets[-1]  # the decoder's row: the targets, or the whole decoder-only row
         names = DECODER_FEATURES + (ENCODER_FEATURES if o.encoder_decoder
                                     else ("decoder_causal_attention",))
         out = {k: np.zeros((len(rows_B), o.inputs_length if k.startswith("encoder") else dec_len),
