@@ -133,6 +133,7 @@ def load_run_config(gin_files: Sequence[str] = (), flags: dict[str, str] | None 
         parts = {name: build() for name, build in builders.items()}
         parts["data"] = _resolve_auto_targets(parts["data"], parts["objective"])
         run = RunConfig(**parts)
+        _check_piece_budgets(run)
     except ConfigError as e:
         raise ConfigError(str(e).split("\n")[0]) from None
     except (ValueError, TypeError, KeyError, IOError) as e:
@@ -156,6 +157,33 @@ def _resolve_auto_targets(data: cfg_lib.DataConfig,
         sentinel_policy=objective.sentinel_policy, random_roll=objective.random_roll,
         num_sentinels=data.tokenizer_extra_ids or DEFAULT_NUM_SENTINELS)
     return dataclasses.replace(data, task_feature_lengths=lengths | {"targets": auto})
+
+
+def _check_piece_budgets(run: RunConfig) -> None:
+    """Refuse lengths whose share per piece (``pieces_per_row``) holds no piece of a denoiser.
+
+    The planner would refuse them too, but only once data is read; the denoiser maths lives
+    in objectives, which config cannot import, so the check runs here, where gin files load.
+    A metadata prefix takes more of the inputs: that part needs the data, and the plan checks it.
+    """
+    o, lengths = run.objective, run.data.task_feature_lengths
+    if o.name == "causal_lm" or "inputs" not in lengths:
+        return
+    k = o.pieces_per_row
+    for denoiser in objectives.denoisers_from_config(o):
+        try:
+            objectives.raw_length_for(
+                lengths["inputs"] // k, lengths["targets"] // k, denoiser,
+                combined=run.model.architecture != "encoder_decoder",
+                use_mode_token=o.use_mode_tokens, sentinel_policy=o.sentinel_policy,
+                random_roll=o.random_roll,
+                num_sentinels=run.data.tokenizer_extra_ids or DEFAULT_NUM_SENTINELS)
+        except ValueError as e:
+            why = str(e).split("; ")[0]  # the planner's own advice is about metadata
+            raise ConfigError(f"DataConfig.task_feature_lengths = {lengths!r} with "
+                              f"ObjectiveConfig.pieces_per_row = {k} leaves each piece "
+                              f"{lengths['inputs'] // k} + {lengths['targets'] // k}: {why}; "
+                              f"lower pieces_per_row or raise the lengths") from None
 
 
 def with_model_dir(run: RunConfig, model_dir: str) -> RunConfig:

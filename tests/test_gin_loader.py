@@ -76,3 +76,13 @@ def test_auto_targets_is_resolved_at_load_and_refused_in_python():
     data = dataclasses.replace(cfg.data, task_feature_lengths={"inputs": 128, "targets": "auto"})
     with pytest.raises(ConfigError, match="'auto' is resolved when gin files load"):
         RunConfig(data=data, objective=cfg.objective, model=cfg.model)
+
+
+def test_lengths_too_small_for_a_piece_per_row_share_are_refused_at_load():
+    from t5x_like.config import ConfigError
+    flags = {"TASK_FEATURE_LENGTHS": "{'inputs': 6, 'targets': 3}"}  # 3 a row: 2 + 1 each
+    with pytest.raises(ConfigError, match=r"pieces_per_row = 3 leaves each piece 2 \+ 1: R.*"
+                                          r"do not fit even a one-token piece.*lower pieces_per_row"):
+        gin_loader.load_run_config(["runs/ul2_tiny.gin"], flags)
+    one = gin_loader.load_run_config(["runs/ul2_tiny.gin"], flags | {"ObjectiveConfig.pieces_per_row": "1"})
+    assert one.objective.pieces_per_row == 1
