@@ -170,8 +170,8 @@ class Plan(NpzDataclass):
 
     @property
     def lower_bound(self) -> int:
-        """Fewest rows any packer needs: ``ceil(tokens / budget)``, the largest over budgets."""
-        return int(max(-(-self.tokens_K // self.budgets_K), default=0))
+        """Fewest rows any packer can reach with these pieces (:func:`lower_bound_rows`)."""
+        return lower_bound_rows(self.size_PxK, self.budgets_K)
 
     @property
     def num_truncated_docs(self) -> int:
@@ -194,11 +194,51 @@ class Plan(NpzDataclass):
         return offset_P
 
 
-def _windows(num_pieces: int, window: int) -> list[tuple[int, int]]:
+def _check_window(window) -> int:
     if int(window) != window or window < 0:
         raise ValueError(f"window must be an integer >= 0 (0 = all pieces at once), got {window!r}")
-    step = int(window) or max(num_pieces, 1)
-    return [(lo, min(lo + step, num_pieces)) for lo in range(0, num_pieces, step)]
+    return int(window)
+
+
+def _windows(full_P: np.ndarray, window: int) -> list[tuple[int, int]]:
+    """Runs of consecutive pieces, each with ``window`` pieces not flagged in ``full_P``.
+
+    A piece that fills a whole budget takes a row alone whatever else the window holds, so
+    it is not counted: a heavy-tailed corpus's many full pieces would otherwise crowd out the
+    short pieces that best fit pairs up. ``window=0``: all pieces at once.
+    """
+    window, n = _check_window(window), len(full_P)
+    if not window or not n:
+        return [(0, n)] if n else []
+    short_before_P = np.cumsum(~full_P) - ~full_P
+    win_P = short_before_P // window
+    starts = np.flatnonzero(np.r_[True, win_P[1:] != win_P[:-1]])
+    return list(zip(starts.tolist(), np.r_[starts[1:], n].tolist()))
+
+
+def lower_bound_rows(size_PxK, budgets) -> int:
+    """The fewest rows any packer can reach: the largest Martello-Toth L2 bound over budgets.
+
+    For one budget L and each K in 0..L/2, pieces larger than L - K each need a row of their
+    own, as do pieces larger than L/2 (no two share a row), and pieces from K to L/2 can use
+    only the room those rows leave; L2 is the best such count (Martello & Toth 1990), never
+    below ``ceil(tokens / L)``. Budgets of a two-budget row are bounded one at a time.
+    """
+    size_PxK = np.asarray(size_PxK, np.int64).reshape(-1, len(budgets))
+    best = 0
+    for k, budget in enumerate(int(b) for b in budgets):
+        sizes_P = size_PxK[:, k]
+        count_C = np.bincount(sizes_P[sizes_P > 0], minlength=budget + 1)[: budget + 1]
+        count_ge_C = np.r_[np.cumsum(count_C[::-1])[::-1], 0]  # pieces of size >= c
+        sum_ge_C = np.r_[np.cumsum((count_C * np.arange(budget + 1))[::-1])[::-1], 0]
+        half, k_K = budget // 2, np.arange(budget // 2 + 1)
+        n1_K = count_ge_C[budget - k_K + 1]  # larger than L - K
+        n2_K = count_ge_C[half + 1] - n1_K  # larger than L/2, at most L - K
+        room_K = n2_K * budget - (sum_ge_C[half + 1] - sum_ge_C[budget - k_K + 1])
+        small_K = sum_ge_C[np.maximum(k_K, 1)] - sum_ge_C[half + 1]  # from K to L/2
+        extra_K = np.maximum(0, -(-(small_K - room_K) // budget))
+        best = max(best, int((n1_K + n2_K + extra_K).max()))
+    return best
 
 
 def _emit_rank(rows_W: Sequence[int], windowed: bool, seed) -> np.ndarray | None:
@@ -259,7 +299,7 @@ def plan_packing(doc_lengths_D, length: int, *, packer: str = "best_fit", window
                                              window=window, seed=seed)
         return Plan(np.array([length]), doc_P, start_P, len_P, len_P[:, None], row_ptr_R1,
                     row_pieces_P)
-    _windows(len(len_P), window)  # validates the window
+    window = _check_window(window)
     (doc_P, start_P, len_P), row_P, offset_P, rows_W = _concat_assign(doc_P, start_P, len_P,
                                                                       length, window)
     rank_R = _emit_rank(rows_W, window > 0, seed)
@@ -298,19 +338,19 @@ def pack_rows(size_PxK, budgets, *, packer: str = "best_fit", window: int = 0,
     length = _check_length(budgets[0])
     lengths_P = size_PxK[:, 0]
     _check_piece_lengths(lengths_P, length)
-    row_P, offset_P, rows_W, total = np.empty_like(lengths_P), np.empty_like(lengths_P), [], 0
-    for lo, hi in _windows(len(lengths_P), window):
+    row_P, key_P, rows_W, total = np.empty_like(lengths_P), np.empty_like(lengths_P), [], 0
+    for lo, hi in _windows(lengths_P == length, window):
         if packer == "best_fit":
-            rows, offsets, n = _k.obfd(lengths_P[lo:hi], length)
+            rows, keys, n = _k.obfd(lengths_P[lo:hi], length)
         else:
-            rows, offsets, n = _k.first_fit(lengths_P[lo:hi], length, 0)
-        row_P[lo:hi], offset_P[lo:hi] = rows + total, offsets
+            rows, keys, n = _k.first_fit(lengths_P[lo:hi], length, 0)
+        row_P[lo:hi], key_P[lo:hi] = rows + total, keys
         rows_W.append(int(n))
         total += int(n)
     rank_R = _emit_rank(rows_W, window > 0, seed)
     if rank_R is not None:
         row_P = rank_R[row_P]
-    return _k.group_rows(row_P, offset_P, int(sum(rows_W)))
+    return _k.group_rows(row_P, key_P, int(sum(rows_W)))
 
 
 def plan_packing_2d(inputs_len_P, targets_len_P, inputs_length: int, targets_length: int, *,
@@ -347,7 +387,7 @@ def plan_packing_2d(inputs_len_P, targets_len_P, inputs_length: int, targets_len
     key_P = np.maximum(in_P * targets_length, tgt_P * inputs_length)  # exact integer ratio compare
     row_P, in_off_P, tgt_off_P = np.empty_like(in_P), np.empty_like(in_P), np.empty_like(in_P)
     rows_W, total = [], 0
-    for lo, hi in _windows(len(in_P), window):
+    for lo, hi in _windows((in_P == inputs_length) | (tgt_P == targets_length), window):
         order = np.argsort(-key_P[lo:hi], kind="stable")
         rows, ins, tgts, n = _k.bfd_2d(in_P[lo:hi], tgt_P[lo:hi], order, inputs_length, targets_length)
         mixed = _k.fill_rows_2d(in_P[lo:hi], tgt_P[lo:hi], inputs_length, targets_length)

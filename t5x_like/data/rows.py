@@ -134,7 +134,9 @@ def _sampled_documents(dataset: PreparedDataset, temperature: float, seed: int) 
     return np.sort(rng.choice(len(probs_D), size=len(probs_D), p=probs_D))
 
 
-_PLAN_VERSION = 1
+# Bumped when a plan's content changes for the same key (2: the paired cut of prefixed
+# denoising pieces), so stale plans under plans/ are rebuilt, not reused.
+_PLAN_VERSION = 2
 
 
 def open_rows(objective: RowObjective, dataset_path: str | os.PathLike, *, seed: int | None,

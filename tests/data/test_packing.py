@@ -226,13 +226,70 @@ def test_windows_are_packed_independently():
     window = 40
     plan = packing.plan_packing(lengths_D, 64, window=window, seed=3)
     row_P = plan.piece_rows()
-    window_P = np.arange(len(row_P)) // window  # plan pieces are split pieces in document order
+    # Plan pieces are split pieces in document order; only pieces shorter than a row count.
+    short_P = plan.piece_len_P < 64
+    window_P = (np.cumsum(short_P) - short_P) // window
+    assert (~short_P).any() and len(np.unique(window_P)) == -(-short_P.sum() // window)
     # A row never mixes windows, and windows are emitted in order.
     assert (np.diff(window_P[plan.row_pieces_P[plan.row_ptr_R1[:-1]]]) >= 0).all()
     for w in range(window_P.max() + 1):
         rows = np.unique(row_P[window_P == w])
         assert not np.isin(rows, row_P[window_P != w]).any()
         assert rows.max() - rows.min() + 1 == len(rows)
+
+
+def _optimal_rows(sizes, length):
+    """Fewest rows for the given sizes, by exhaustive search (a handful of pieces only)."""
+    sizes, best = sorted(sizes, reverse=True), [len(sizes)]
+
+    def place(i, used):
+        if len(used) >= best[0]:
+            return
+        if i == len(sizes):
+            best[0] = len(used)
+            return
+        for b in sorted({u for u in used if u + sizes[i] <= length}):
+            j = used.index(b)
+            used[j] += sizes[i]
+            place(i + 1, used)
+            used[j] -= sizes[i]
+        place(i + 1, used + [sizes[i]])
+
+    place(0, [])
+    return best[0]
+
+
+def test_lower_bound_rows_is_martello_toth_l2():
+    # Three pieces over half a row need three rows, though their tokens fit in two.
+    assert packing.lower_bound_rows([[6], [6], [6]], [10]) == 3
+    # K = 4: no 4 fits beside a 7, so the 4s need a row of their own; ceil(29 / 10) = 3.
+    assert packing.lower_bound_rows([[7], [7], [7], [4], [4]], [10]) == 4
+    rng = np.random.default_rng(21)
+    for _ in range(200):
+        length = int(rng.integers(8, 25))
+        sizes = rng.integers(1, length + 1, int(rng.integers(1, 9)))
+        bound = packing.lower_bound_rows(sizes[:, None], [length])
+        assert -(-sizes.sum() // length) <= bound <= _optimal_rows(sizes.tolist(), length)
+        assert bound <= packing.plan_packing(sizes, length).num_rows
+
+
+def test_lower_bound_of_two_budgets_is_the_larger():
+    size_Px2 = np.array([[6, 1], [6, 1], [6, 1], [1, 9], [1, 9]])
+    assert packing.lower_bound_rows(size_Px2, [10, 10]) == 3
+    assert packing.lower_bound_rows(size_Px2[:, ::-1], [10, 10]) == 3
+    assert packing.lower_bound_rows(np.zeros((0, 2), np.int64), [10, 10]) == 0
+
+
+def test_windows_count_only_pieces_shorter_than_a_row():
+    # Documents of 64 tokens and longer give full pieces; they ride along with the short ones.
+    lengths_D = np.array([10, 200, 20, 64, 30, 40, 128, 50])
+    plan = packing.plan_packing(lengths_D, 64, window=2, seed=None)
+    full = plan.piece_len_P == 64
+    assert full.sum() == 6 and (~full).sum() == 6
+    # Pieces: 10 | 64 64 64 | 8, 20 | 64 | 30, 40 | 64 64 | 50 (s = short, f = full):
+    # windows of two short pieces each, full pieces joining the window they fall in.
+    assert packing._windows(full, 2) == [(0, 5), (5, 8), (8, 12)]
+    assert packing._windows(full, 0) == [(0, 12)]
 
 
 def test_fill_near_lower_bound_on_lognormal_documents():
@@ -294,7 +351,8 @@ def test_plan_packing_2d(window):
         np.testing.assert_array_equal(tgt_off_P[p], np.cumsum(tgts[p]) - tgts[p])
         assert ins[p].sum() <= 48 and tgts[p].sum() <= 16
     if window:
-        window_P = np.arange(300) // window
+        short_P = (ins < 48) & (tgts < 16)  # pieces that fill a budget do not count
+        window_P = (np.cumsum(short_P) - short_P) // window
         starts = window_P[row_pieces_P[row_ptr_R1[:-1]]]
         assert (np.diff(starts) >= 0).all()
         assert all(len(set(window_P[row_pieces_P[a:b]])) == 1 for a, b in zip(row_ptr_R1[:-1], row_ptr_R1[1:]))
