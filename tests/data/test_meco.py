@@ -1,11 +1,12 @@
 """MeCo stage-1 rows from prepared data: layout, loss mask, conservation, prefixes per piece."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from t5x_like import objectives
+from t5x_like import gin_loader, objectives
 from t5x_like.config import ObjectiveConfig
 from t5x_like.data import causal, denoising, meco, prepared
 from t5x_like.data import rows as rows_lib
@@ -183,3 +184,85 @@ def test_the_data_summary_counts_missing_metadata_and_unprefixed_continuations(
         assert summary["continuation_pieces"] > 0
         assert summary["continuations_without_prefix"] == (
             summary["continuation_pieces"] if continuation == "first_only" else 0)
+
+
+# ---------------------------------------------------------------- the paired cut (meco_ul2_tiny)
+
+
+@pytest.fixture(scope="module")
+def modules(stdlib_data, tmp_path_factory):
+    """The first 20 files of the embedded corpus's train split, whole, with their module paths."""
+    d = tmp_path_factory.mktemp("meco_modules")
+    with open(stdlib_data.paths["train"], encoding="utf-8") as f:
+        (d / "docs.jsonl").write_text("".join(line for _, line in zip(range(20), f)))
+    prepared.prepare(str(d / "docs.jsonl"), d / "prep", stdlib_data.tokenizer,
+                     prepared.PrepareOptions(metadata_fields=("module",), num_workers=1,
+                                             progress=False))
+    return prepared.PreparedDataset(d / "prep")
+
+
+@pytest.fixture(scope="module")
+def meco_ul2_tiny(stdlib_data, modules):
+    """The shipped run's objective and its stage-1 documents (module-path prefixes)."""
+    cfg = gin_loader.load_run_config(["runs/meco_ul2_tiny.gin"])
+    objective = rows_lib.objective_for(cfg, stdlib_data.tokenizer)
+    prefixes = meco.DocumentPrefixes(modules, cfg.objective, stdlib_data.tokenizer)
+    return objective, prefixes
+
+
+def test_shipped_meco_ul2_tiny_pairs_prefixed_pieces_under_10_percent_padding(
+        modules, meco_ul2_tiny):
+    objective, prefixes = meco_ul2_tiny
+    assert (objective.inputs_length, objective.targets_length, objective.pieces_per_row) == (
+        128, 64, 3)
+    docs = rows_lib.Documents(modules.lengths_D, prefixes.lengths_D, prefixes.continuation)
+    assert objective.paired_per_row(docs, seed=0) == 2
+    plan = objective.plan(docs, seed=0, window=0)
+    assert plan.fill >= 0.90  # the plain cut pads ~20%: every piece repeats its prefix
+    assert plan.num_rows < 0.8 * objective.rows_needed(docs, 0, None)
+    # The cooldown's plain pieces keep the plain cut.
+    assert objective.paired_per_row(rows_lib.Documents(modules.lengths_D), seed=0) is None
+
+
+def test_paired_pieces_are_cut_for_their_budgets_and_rows_agree_with_the_plan(
+        modules, meco_ul2_tiny, stdlib_data):
+    objective, prefixes = meco_ul2_tiny
+    tok, kw = stdlib_data.tokenizer, objective.lengths_kwargs()
+    rows = rows_lib.open_rows(objective, modules.path, seed=0, prefixes=prefixes)
+    plan = rows.plan
+    ends_P = plan.piece_start_P + plan.piece_len_P == modules.lengths_D[plan.piece_doc_P]
+    for p in range(len(plan.piece_len_P)):
+        m, den = int(plan.piece_prefix_len_P[p]), objective.denoisers[plan.piece_kind_P[p]]
+        assert m == len(prefixes(int(plan.piece_doc_P[p])))  # 'repeat': every piece
+        inputs_len, targets_len = denoising.piece_budgets(objective, m, 2)
+        assert inputs_len == 64  # two a row; the targets an input-heavy partner leaves
+        assert (plan.size_PxK[p] <= (inputs_len, targets_len)).all()
+        # The longest piece that fits them: only a document's end cuts one shorter.
+        longest = objectives.raw_length_for(inputs_len, targets_len, den, metadata_len=m, **kw)
+        assert plan.piece_len_P[p] == longest or (ends_P[p] and plan.piece_len_P[p] < longest)
+    out = rows(np.arange(rows.num_rows))
+    for r in range(rows.num_rows):
+        pieces = plan.row_pieces_P[plan.row_ptr_R1[r]:plan.row_ptr_R1[r + 1]]
+        for s, p in enumerate(pieces, start=1):
+            x = out["encoder_input_tokens"][r][out["encoder_segment_ids"][r] == s]
+            y = out["decoder_target_tokens"][r][out["decoder_segment_ids"][r] == s]
+            assert (len(x), len(y)) == tuple(plan.size_PxK[p])
+            prefix = prefixes(int(plan.piece_doc_P[p]))
+            np.testing.assert_array_equal(x[1:1 + len(prefix)], prefix)
+            den = objectives.UL2_DENOISERS[plan.piece_kind_P[p]]
+            if not den.is_prefix_lm:
+                (raw,) = modules.pieces(plan.piece_doc_P[[p]], plan.piece_start_P[[p]],
+                                        plan.piece_len_P[[p]])
+                assert _reconstruct(x[1 + len(prefix):], y, tok) == raw.tolist()
+
+
+def test_only_an_encoder_decoder_with_prefixes_and_room_for_pairs_has_the_choice(
+        modules, meco_ul2_tiny, stdlib_data):
+    objective, prefixes = meco_ul2_tiny
+    docs = rows_lib.Documents(modules.lengths_D, prefixes.lengths_D)
+    for other in (dataclasses.replace(objective, encoder_decoder=False),
+                  dataclasses.replace(objective, pieces_per_row=1)):
+        assert other.paired_per_row(docs, seed=0) is None
+    # The plain cut: 1/k of each budget, whatever the prefix.
+    assert denoising.piece_budgets(objective, 12) == (42, 21)
+    assert denoising.piece_budgets(objective, 0, 2) == (42, 21)
