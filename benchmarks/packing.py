@@ -1,20 +1,27 @@
-"""Packing benchmark: speed and quality of t5x_like's packers against grain's.
+"""Packing benchmark: t5x_like's packers against grain's, rows against the best lower bound.
 
-Two length distributions, N documents each, rows of L tokens:
+Three length distributions, rows of each L in ``--lengths`` (512, 2048, 8192):
 
-* ``lognormal``: ``round(exp(normal(log 400, 1.3)))`` clipped to >= 1 (shared/specs/packing.md);
-* ``stdlib``: the real document lengths of the embedded corpus (the stdlib train split, default
-  tokenizer), bootstrap-resampled to N; a document of n ids packs as n + 1 (input, target) pairs.
+* ``lognormal``: ``round(exp(normal(log 400, 1.3)))`` clipped to >= 1, N documents
+  (shared/specs/packing.md);
+* ``stdlib``: the embedded corpus's real document lengths (stdlib train split, default
+  tokenizer, ids + 1), bootstrap-resampled to N documents, so only ~700 distinct lengths;
+* ``man``: this machine's English man pages (``/usr/share/man/man*/*.gz``), every page once,
+  decompressed and tokenized by the same tokenizer: a second real corpus, built offline.
 
-For each: t5x_like's ``best_fit`` (OBFD) over everything and in windows of 1k, 10k and 100k
-pieces, its ``first_fit`` and ``concat`` baselines, and grain's FirstFit (16 bins), BestFit (1024
-bins) and ConcatThenSplit. docs/s and pieces/s use the wall time of the whole packing (ours:
-split + sort + assign + row shuffle, best of 3, numba compiled beforehand; grain: iterating the
-whole packed dataset once). "pieces" are the documents cut at L, the same count for every packer;
-grain's best/first fit get those pieces (they cannot cut), so their truncated documents are the
-ones longer than L. Over lower bound = (rows - ceil(tokens / L)) / ceil(tokens / L).
+Quality: rows over the best lower bound any packer of the pieces cut at L faces, Martello-Toth
+L2 (``packing.lower_bound_rows``: pieces over L/2 need a row each, so it can exceed
+``ceil(tokens / L)``); concatenation re-cuts documents anywhere and is held to ``ceil(tokens / L)``.
 
-    python benchmarks/packing.py [--docs 200000] [--length 2048] [--grain-docs 50000]
+Speed, two ways. *Plans* (whole corpus): t5x_like's ``plan_packing`` (split + sort + assign +
+shuffle + group rows, best of 3, numba compiled beforehand) globally and in windows of 1k, 10k
+and 100k short pieces, and its first_fit and concat baselines. *Rows against rows* (the first
+``--grain-docs`` documents): plan **plus** assembling every ``[L]`` token row from the
+documents' tokens, against iterating grain's FirstFit (16 bins), BestFit (1024 bins) and
+ConcatThenSplit over the same documents with ``ReadOptions(num_threads=0)`` (grain's setting
+for in-memory sources). grain's fit packers cannot cut, so they get the pieces cut at L.
+
+    python benchmarks/packing.py [--docs 200000] [--lengths 512,2048,8192] [--grain-docs 20000]
                                  [--skip-grain] [--json PATH]
 """
 
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
+import gzip
 import json
 import os
 import platform
@@ -31,6 +40,8 @@ import time
 import numpy as np
 
 from t5x_like.data import packing
+
+MAN_GLOB = "/usr/share/man/man*/*.gz"
 
 
 def _cpu() -> str:
@@ -47,53 +58,115 @@ def lognormal_lengths(n: int, seed: int = 0) -> np.ndarray:
     return np.maximum(1, np.round(np.exp(rng.normal(np.log(400), 1.3, n)))).astype(np.int64)
 
 
+def _tokenizer():
+    from t5x_like.data import tokenizer
+    return tokenizer.default_tokenizer(None)
+
+
 def stdlib_lengths(n: int, seed: int = 0) -> np.ndarray:
     """Bootstrap sample of the stdlib corpus's train-split example lengths (ids + 1)."""
-    from t5x_like.data import stdlib_corpus, tokenizer
+    from t5x_like.data import stdlib_corpus
 
     paths = stdlib_corpus.build_stdlib_corpus(stdlib_corpus.stdlib_corpus_dir(None))
-    tok = tokenizer.default_tokenizer(None)
     with open(paths["train"]) as f:
         texts = [json.loads(line)["text"] for line in f]
-    real_D = np.array([len(ids) + 1 for ids in tok.encode_batch(texts)], np.int64)
+    real_D = np.array([len(ids) + 1 for ids in _tokenizer().encode_batch(texts)], np.int64)
     print(f"stdlib: {len(real_D)} train documents, median {int(np.median(real_D))} "
           f"and mean {real_D.mean():.0f} tokens; bootstrap-resampled to {n:,}")
     return np.random.default_rng(seed).choice(real_D, size=n, replace=True)
 
 
-def _row(dataset, packer, window, lengths_D, length, seconds, rows, truncated) -> dict:
-    pieces = int((-(-lengths_D // length)).sum())
+def man_lengths() -> np.ndarray | None:
+    """Token counts (ids + 1) of every English man page here, or None where there are none."""
+    paths = sorted(glob.glob(MAN_GLOB))
+    if not paths:
+        print(f"man: no pages match {MAN_GLOB} (a minimal image strips them): left out")
+        return None
+    texts = []
+    for path in paths:
+        try:
+            with gzip.open(path) as f:
+                texts.append(f.read().decode("utf-8", "replace"))
+        except (OSError, EOFError):
+            continue  # a broken page is not a length
+    lengths_D = np.array([len(ids) + 1 for ids in _tokenizer().encode_batch(texts)], np.int64)
+    print(f"man: {len(lengths_D):,} pages, median {int(np.median(lengths_D))} tokens, "
+          f"longest {lengths_D.max():,}, {lengths_D.sum():,} tokens")
+    return lengths_D
+
+
+def _row(dataset, length, packer, window, lengths_D, seconds, rows, truncated) -> dict:
     tokens = int(lengths_D.sum())
-    lower = -(-tokens // length)
-    return {"dataset": dataset, "packer": packer, "window": window, "docs": len(lengths_D),
-            "docs_per_second": len(lengths_D) / seconds, "pieces_per_second": pieces / seconds,
-            "sequences_over_lower_bound_pct": 100 * (rows - lower) / lower,
-            "fill_pct": 100 * tokens / (rows * length), "truncated_docs": int(truncated),
-            "rows": int(rows), "lower_bound": lower}
+    l1 = -(-tokens // length)
+    _, _, len_P = packing.split_lengths(lengths_D, length)
+    l2 = max(l1, packing.lower_bound_rows(len_P[:, None], (length,)))
+    # Concatenation cuts documents anywhere, so the bound for pieces cut at L does not bind it.
+    best = l1 if "oncat" in packer else l2
+    return {"dataset": dataset, "length": length, "packer": packer, "window": window,
+            "docs": len(lengths_D), "docs_per_second": len(lengths_D) / seconds, "rows": int(rows),
+            "ceil_tokens_over_L": l1, "l2_bound": l2,
+            "rows_over_bound_pct": 100 * (rows - best) / best,
+            "fill_pct": 100 * tokens / (rows * length), "truncated_docs": int(truncated)}
 
 
-def time_ours(dataset: str, lengths_D: np.ndarray, length: int, packer: str, window: int) -> dict:
+def time_plan(dataset, lengths_D, length, packer, window) -> dict:
     """Best of 3 runs of plan_packing (split, sort, assign, shuffle, group rows)."""
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
         plan = packing.plan_packing(lengths_D, length, packer=packer, window=window, seed=0)
         best = min(best, time.perf_counter() - start)
-    return _row(dataset, f"t5x_like {packer}", window, lengths_D, length, best, plan.num_rows,
-                plan.num_truncated_docs)
+    return _row(dataset, length, f"t5x_like {packer} (plan)", window, lengths_D, best,
+                plan.num_rows, plan.num_truncated_docs)
 
 
-def time_grain(dataset: str, lengths_D: np.ndarray, length: int, kind: str) -> dict:
-    """One pass over a grain packing dataset; documents carry their id + 1 as token values."""
+def _documents(lengths_D: np.ndarray):
+    """Token arrays of the given lengths (document d's tokens all d + 1), one flat buffer."""
+    tokens_T = np.repeat(np.arange(1, len(lengths_D) + 1, dtype=np.int32), lengths_D)
+    start_D = np.cumsum(lengths_D) - lengths_D
+    return tokens_T, start_D
+
+
+def assemble_rows(plan: packing.Plan, tokens_T: np.ndarray, start_D: np.ndarray) -> np.ndarray:
+    """Every row of a one-budget plan as ``[rows, L]`` tokens (0 = padding)."""
+    length = plan.length
+    piece_Q = plan.row_pieces_P
+    len_Q = plan.piece_len_P[piece_Q].astype(np.int64)
+    row_Q = np.repeat(np.arange(plan.num_rows), np.diff(plan.row_ptr_R1))
+    dest_Q = row_Q * length + plan.piece_offsets()[piece_Q]
+    src_Q = start_D[plan.piece_doc_P[piece_Q]] + plan.piece_start_P[piece_Q]
+    within_T = np.arange(int(len_Q.sum())) - np.repeat(np.cumsum(len_Q) - len_Q, len_Q)
+    rows_RxL = np.zeros(plan.num_rows * length, np.int32)
+    rows_RxL[np.repeat(dest_Q, len_Q) + within_T] = tokens_T[np.repeat(src_Q, len_Q) + within_T]
+    return rows_RxL.reshape(plan.num_rows, length)
+
+
+def time_rows(dataset, lengths_D, length, packer) -> dict:
+    """Best of 3: plan_packing and assembling every row, the work grain's packers do."""
+    tokens_T, start_D = _documents(lengths_D)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        plan = packing.plan_packing(lengths_D, length, packer=packer, seed=0)
+        rows_RxL = assemble_rows(plan, tokens_T, start_D)
+        best = min(best, time.perf_counter() - start)
+    assert (rows_RxL > 0).sum() == lengths_D.sum()
+    return _row(dataset, length, f"t5x_like {packer} (rows)", 0, lengths_D, best,
+                plan.num_rows, plan.num_truncated_docs)
+
+
+def time_grain(dataset, lengths_D, length, kind) -> dict:
+    """One pass over a grain packing dataset of the documents' tokens, reader threads off."""
     import grain
     from grain import experimental as ge
 
+    tokens_T, start_D = _documents(lengths_D)
     if kind == "ConcatThenSplit":
-        doc_P, len_P = np.arange(len(lengths_D)), lengths_D
+        doc_P, piece_start_P, len_P = np.arange(len(lengths_D)), np.zeros(len(lengths_D), int), lengths_D
     else:  # grain's fit packers cannot cut: give them the pieces
-        doc_P, _, len_P = packing.split_lengths(lengths_D, length)
-    source = grain.MapDataset.source(np.stack([doc_P + 1, len_P], 1))
-    ds = source.map(lambda dn: {"tokens": np.full(dn[1], dn[0], np.int32)}).to_iter_dataset()
+        doc_P, piece_start_P, len_P = packing.split_lengths(lengths_D, length)
+    items = [{"tokens": tokens_T[s:s + n]} for s, n in zip(start_D[doc_P] + piece_start_P, len_P)]
+    ds = grain.MapDataset.source(items).to_iter_dataset(grain.ReadOptions(num_threads=0))
     lengths = {"tokens": length}
     if kind == "FirstFit":
         ds, label = ge.FirstFitPackIterDataset(ds, length_struct=lengths, num_packing_bins=16), "FirstFit 16 bins"
@@ -113,59 +186,55 @@ def time_grain(dataset: str, lengths_D: np.ndarray, length: int, kind: str) -> d
         prev_last = row["tokens"][-1]
     seconds = time.perf_counter() - start
     truncated = len(cut) if kind == "ConcatThenSplit" else int((lengths_D > length).sum())
-    return _row(dataset, f"grain {label}", 0, lengths_D, length, seconds, rows, truncated)
-
-
-def assignment_rate(lengths_D: np.ndarray, length: int) -> float:
-    """Pieces per second of the OBFD assignment step alone (best of 3)."""
-    _, _, len_P = packing.split_lengths(lengths_D, length)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        packing.best_fit_decreasing(len_P, length)
-        best = min(best, time.perf_counter() - start)
-    return len(len_P) / best
+    return _row(dataset, length, f"grain {label}", 0, lengths_D, seconds, rows, truncated)
 
 
 def _print_table(results: list[dict]) -> None:
-    head = ("dataset", "packer", "window", "docs", "docs/s", "pieces/s", "over LB", "fill", "truncated docs")
+    head = ("dataset", "L", "packer", "window", "docs", "docs/s", "rows", "ceil(T/L)", "L2",
+            "over bound", "fill", "truncated docs")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for r in results:
-        cells = (r["dataset"], r["packer"], f"{r['window']:,}" if r["window"] else "global", f"{r['docs']:,}",
-                 f"{r['docs_per_second']:,.0f}", f"{r['pieces_per_second']:,.0f}",
-                 f"+{r['sequences_over_lower_bound_pct']:.4f}%", f"{r['fill_pct']:.4f}%",
+        cells = (r["dataset"], f"{r['length']:,}", r["packer"],
+                 f"{r['window']:,}" if r["window"] else "global", f"{r['docs']:,}",
+                 f"{r['docs_per_second']:,.0f}", f"{r['rows']:,}", f"{r['ceil_tokens_over_L']:,}",
+                 f"{r['l2_bound']:,}", f"+{r['rows_over_bound_pct']:.4f}%", f"{r['fill_pct']:.4f}%",
                  f"{r['truncated_docs']:,} ({100 * r['truncated_docs'] / r['docs']:.1f}%)")
         print("| " + " | ".join(cells) + " |")
+
+
+def bench(name, lengths_D, length, grain_docs, skip_grain) -> list[dict]:
+    """Every packer on one distribution at one row length."""
+    out = [time_plan(name, lengths_D, length, "best_fit", w) for w in (0, 1_000, 10_000, 100_000)]
+    out += [time_plan(name, lengths_D, length, p, 0) for p in ("first_fit", "concat")]
+    sample_D = lengths_D[:grain_docs]
+    out += [time_rows(name, sample_D, length, p) for p in ("best_fit", "concat")]
+    if not skip_grain:
+        out += [time_grain(name, sample_D, length, k) for k in ("FirstFit", "BestFit", "ConcatThenSplit")]
+    return out
 
 
 def main(argv=None) -> int:
     """Run the benchmark, print a table, optionally write the rows as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--docs", type=int, default=200_000, help="documents per dataset")
-    parser.add_argument("--length", type=int, default=2048, help="row length L")
-    parser.add_argument("--grain-docs", type=int, default=50_000,
-                        help="grain packers see the first this many documents (they run ~3k docs/s)")
+    parser.add_argument("--docs", type=int, default=200_000, help="documents of the synthetic and stdlib sets")
+    parser.add_argument("--lengths", default="512,2048,8192", help="row lengths L, comma-separated")
+    parser.add_argument("--grain-docs", type=int, default=20_000,
+                        help="rows-against-rows comparisons use the first this many documents")
     parser.add_argument("--skip-grain", action="store_true", help="leave out grain's packers")
     parser.add_argument("--json", help="write the rows as JSON here")
     args = parser.parse_args(argv)
     print(f"# packing benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}, {_cpu()}, "
           f"{os.cpu_count()} cores (shared: timings are noisy), Python {sys.version.split()[0]}")
-    packing.plan_packing(lognormal_lengths(1000), args.length)  # compile the numba kernels
-    packing.plan_packing(lognormal_lengths(1000), args.length, packer="first_fit")
-    datasets = {"lognormal": lognormal_lengths(args.docs), "stdlib": stdlib_lengths(args.docs)}
+    packing.plan_packing(lognormal_lengths(1000), 512)  # compile the numba kernels
+    packing.plan_packing(lognormal_lengths(1000), 512, packer="first_fit")
+    datasets = {"lognormal": lognormal_lengths(args.docs), "stdlib": stdlib_lengths(args.docs),
+                "man": man_lengths()}
     results = []
     for name, lengths_D in datasets.items():
-        rate = assignment_rate(lengths_D, args.length)
-        print(f"{name}: {len(lengths_D):,} docs, {int(lengths_D.sum()):,} tokens, L = {args.length}; "
-              f"OBFD assignment step alone: {rate / 1e6:.1f}M pieces/s")
-        for window in (0, 1_000, 10_000, 100_000):
-            results.append(time_ours(name, lengths_D, args.length, "best_fit", window))
-        results.append(time_ours(name, lengths_D, args.length, "first_fit", 0))
-        results.append(time_ours(name, lengths_D, args.length, "concat", 0))
-        if not args.skip_grain:
-            for kind in ("FirstFit", "BestFit", "ConcatThenSplit"):
-                results.append(time_grain(name, lengths_D[: args.grain_docs], args.length, kind))
+        for length in (int(x) for x in args.lengths.split(",")):
+            if lengths_D is not None:
+                results += bench(name, lengths_D, length, args.grain_docs, args.skip_grain)
     print()
     _print_table(results)
     if args.json:

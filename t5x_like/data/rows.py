@@ -135,7 +135,8 @@ def _sampled_documents(dataset: PreparedDataset, temperature: float, seed: int) 
 
 
 # Bumped when a plan's content changes for the same key (2: the paired cut of prefixed
-# denoising pieces), so stale plans under plans/ are rebuilt, not reused.
+# denoising pieces, windows that count only short pieces), so stale plans under plans/ are
+# rebuilt, not reused.
 _PLAN_VERSION = 2
 
 
