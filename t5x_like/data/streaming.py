@@ -1,8 +1,9 @@
 """Streaming packing: documents read and tokenized on the fly, packed a window at a time.
 
 For sources too large or too fresh to prepare, the train split can be read directly. Documents
-are grouped into windows of at least ``window`` pieces (never across a source shard), each window
-is packed with best-fit-decreasing and its rows are emitted in a seeded shuffled order.
+are grouped into windows of at least ``window`` pieces shorter than the row (never across a
+source shard), each window is packed with best-fit-decreasing and its rows are emitted in a
+seeded shuffled order.
 
 The checkpoint state is O(1): ``(epoch, shard, first document of the window, rows emitted)``.
 Restoring re-reads the window from its first document (skipping earlier documents of the shard
@@ -21,6 +22,9 @@ import numpy as np
 from t5x_like.data import packing, sources
 from t5x_like.data.causal import FEATURES, CausalLMRows, InMemoryDocs
 from t5x_like.data.tokenizer import Tokenizer
+
+# Full-length pieces a window may hold per piece it counts (see _read_window).
+FULL_PIECES_PER_WINDOW = 16
 
 
 def _window_seed(seed: int, state: dict) -> int:
@@ -58,17 +62,24 @@ class StreamingPackedIterator:
         return (d.text for d in itertools.islice(docs, skip, None))
 
     def _read_window(self, shard: int, doc: int) -> tuple[list[np.ndarray], int]:
-        """Token arrays of the window starting at document ``doc`` of ``shard``; docs read."""
-        tokens, pieces, texts = [], 0, self._documents(shard, doc)
+        """Token arrays of the window starting at document ``doc`` of ``shard``; docs read.
+
+        As for a prepared plan's windows, only pieces shorter than the row count: a full piece
+        takes a row alone, so it adds nothing for best fit to pair up. Full pieces ride along up
+        to ``FULL_PIECES_PER_WINDOW`` times the window, which bounds a window's memory.
+        """
+        short = full = 0
+        tokens, texts = [], self._documents(shard, doc)
         bos = int(self.tokenizer.bos_id >= 0)
-        while pieces < self.window:
+        while short < self.window and full < FULL_PIECES_PER_WINDOW * self.window:
             batch = list(itertools.islice(texts, 64))
             if not batch:
                 break
             for ids in self.tokenizer.encode_batch(batch):
                 tokens.append(np.asarray(ids, np.int32))
-                pieces += -(-(len(ids) + bos) // self.length) if ids else 0
-                if pieces >= self.window:
+                n = len(ids) + bos if ids else 0
+                short, full = short + bool(n % self.length), full + n // self.length
+                if short >= self.window or full >= FULL_PIECES_PER_WINDOW * self.window:
                     break
         return tokens, len(tokens)
 

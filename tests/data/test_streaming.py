@@ -69,3 +69,12 @@ def test_processes_take_whole_shards(source, stdlib_data):
     assert not np.array_equal(firsts[0]["decoder_input_tokens"], firsts[1]["decoder_input_tokens"])
     with pytest.raises(ValueError, match="has 2 shards for 3 processes"):
         _iterator(source, tok, process_index=0, process_count=3)
+
+
+def test_windows_count_only_pieces_shorter_than_a_row(source, stdlib_data):
+    tok = stdlib_data.tokenizer
+    it = _iterator(source, tok, window=5)
+    tokens, count = it._read_window(0, 0)
+    n_D = np.array([len(t) + 1 for t in tokens])  # + BOS: the positions a causal row counts
+    assert count == len(tokens) and (n_D % LENGTH != 0).sum() == 5
+    assert (n_D > LENGTH).any()  # a long document's full piece rode along uncounted
