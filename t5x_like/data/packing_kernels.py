@@ -344,3 +344,71 @@ def group_rows(row_P, key_P, num_rows):
                 j -= 1
             row_pieces_P[j + 1] = p
     return row_ptr_R1, row_pieces_P
+
+
+@numba.njit(cache=True)
+def min_slack_rows(lengths_P, length, target):
+    """Minimum-bin-slack packing: ``(row_P, num_rows)``, rows filled one at a time.
+
+    Each row takes the longest piece left, then the subset of the others whose lengths fill the
+    room best: a subset-sum over the pieces left, longest first, as bitsets of reachable sums
+    (one per piece considered, for the way back), stopped as soon as the room is exactly full.
+    Where best fit keeps adding the longest piece that fits, this finds combinations such as
+    1,953 + 1,562 + ... that fill a row to the token. O(rows x pieces x length / 64) at worst;
+    exact fits usually stop the scan early. Gives up, returning ``num_rows = target``, once the
+    rows so far plus ``ceil(tokens left / length)`` reach ``target``: it cannot beat that.
+    """
+    n = len(lengths_P)
+    order_Q = counting_order(lengths_P, length)
+    taken_Q = np.zeros(n, np.bool_)
+    row_P = np.full(n, -1, np.int64)
+    words = length // 64 + 1
+    reach_QxW = np.zeros((n + 1, words), np.uint64)
+    left_Q = np.empty(n, np.int64)
+    num_rows, first, tokens_left = 0, 0, 0
+    for p in range(n):
+        tokens_left += lengths_P[p]
+    while True:
+        if num_rows + (tokens_left + length - 1) // length >= target:
+            return row_P, target
+        while first < n and taken_Q[first]:
+            first += 1
+        if first == n:
+            break
+        taken_Q[first] = True
+        row_P[order_Q[first]] = num_rows
+        room = length - lengths_P[order_Q[first]]
+        tokens_left -= lengths_P[order_Q[first]]
+        m = 0
+        for q in range(first + 1, n):
+            if not taken_Q[q] and lengths_P[order_Q[q]] <= room:
+                left_Q[m] = q
+                m += 1
+        reach_QxW[0, :] = 0
+        reach_QxW[0, 0] = 1
+        done = 0
+        for j in range(m):
+            w = lengths_P[order_Q[left_Q[j]]]
+            shift_w, shift_b = w // 64, w % 64
+            for i in range(words):
+                v = reach_QxW[j, i]
+                if i >= shift_w:
+                    v |= reach_QxW[j, i - shift_w] << np.uint64(shift_b)
+                    if shift_b and i > shift_w:
+                        v |= reach_QxW[j, i - shift_w - 1] >> np.uint64(64 - shift_b)
+                reach_QxW[j + 1, i] = v
+            done = j + 1
+            if (reach_QxW[done, room // 64] >> np.uint64(room % 64)) & np.uint64(1):
+                break
+        best = room
+        while not (reach_QxW[done, best // 64] >> np.uint64(best % 64)) & np.uint64(1):
+            best -= 1
+        for j in range(done, 0, -1):  # the way back: a sum not reachable without piece j - 1
+            if not (reach_QxW[j - 1, best // 64] >> np.uint64(best % 64)) & np.uint64(1):
+                q = left_Q[j - 1]
+                taken_Q[q] = True
+                row_P[order_Q[q]] = num_rows
+                best -= lengths_P[order_Q[q]]
+                tokens_left -= lengths_P[order_Q[q]]
+        num_rows += 1
+    return row_P, num_rows

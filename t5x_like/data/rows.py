@@ -135,9 +135,9 @@ def _sampled_documents(dataset: PreparedDataset, temperature: float, seed: int) 
 
 
 # Bumped when a plan's content changes for the same key (2: the paired cut of prefixed
-# denoising pieces, windows that count only short pieces), so stale plans under plans/ are
-# rebuilt, not reused.
-_PLAN_VERSION = 2
+# denoising pieces, windows that count only short pieces; 3: best fit's repair pass), so stale
+# plans under plans/ are rebuilt, not reused.
+_PLAN_VERSION = 3
 
 
 def open_rows(objective: RowObjective, dataset_path: str | os.PathLike, *, seed: int | None,

@@ -292,6 +292,66 @@ def test_windows_count_only_pieces_shorter_than_a_row():
     assert packing._windows(full, 0) == [(0, 12)]
 
 
+def _reference_min_slack(lengths, length):
+    """Rows of min_slack_rows in plain Python: the same order, subset sums as sets."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable, longest first
+    taken, row, num_rows = set(), [-1] * len(lengths), 0
+    for first in order:
+        if first in taken:
+            continue
+        taken.add(first)
+        row[first] = num_rows
+        room = length - lengths[first]
+        cands = [q for q in order if q not in taken and lengths[q] <= room]
+        reach = [{0}]
+        for q in cands:
+            reach.append(reach[-1] | {r + lengths[q] for r in reach[-1] if r + lengths[q] <= room})
+            if room in reach[-1]:
+                break
+        best = max(reach[-1])
+        for j in range(len(reach) - 1, 0, -1):
+            if best not in reach[j - 1]:
+                taken.add(cands[j - 1])
+                row[cands[j - 1]] = num_rows
+                best -= lengths[cands[j - 1]]
+        num_rows += 1
+    return row, num_rows
+
+
+def test_min_slack_rows_matches_reference():
+    rng = np.random.default_rng(22)
+    for length in (20, 64, 130):
+        sizes_P = rng.integers(1, length + 1, 60)
+        row_P, n = _k.min_slack_rows(sizes_P, length, 10**9)
+        ref_row, ref_n = _reference_min_slack(sizes_P.tolist(), length)
+        assert n == ref_n and row_P.tolist() == ref_row
+        assert (np.bincount(row_P, weights=sizes_P) <= length).all()
+    # It gives up once it cannot beat the target.
+    assert _k.min_slack_rows(sizes_P, length, 1)[1] == 1
+
+
+def test_repair_mixes_lengths_where_best_fit_builds_rows_of_copies():
+    # Best fit: 4 + 4 (2 left, no 3 fits), then 3 + 3 + 3 and a lone 3. Optimal: 4 + 3 + 3, twice.
+    plan = packing.plan_packing([4, 4, 3, 3, 3, 3], 10, seed=None)
+    assert plan.num_rows == plan.lower_bound == 2
+    assert _k.obfd(np.array([4, 4, 3, 3, 3, 3]), 10)[2] == 3
+    _check_plan(plan, np.array([4, 4, 3, 3, 3, 3]))
+
+
+def test_repair_closes_nearly_all_of_best_fits_excess_on_small_instances():
+    rng = np.random.default_rng(1)
+    over = closed = 0
+    for _ in range(400):
+        sizes_P = rng.integers(3, 15, int(rng.integers(6, 12)))
+        row_P, offset_P, n = _k.obfd(sizes_P, 20)
+        best = _optimal_rows(sizes_P.tolist(), 20)
+        rows, _, m = packing.repair(sizes_P, row_P, offset_P, n, 20)
+        assert best <= m <= n and (np.bincount(rows, weights=sizes_P) <= 20).all()
+        assert sorted(set(rows.tolist())) == list(range(m))
+        over, closed = over + (n > best), closed + (m < n)
+    assert over >= 5 and closed >= 0.8 * over
+
+
 def test_fill_near_lower_bound_on_lognormal_documents():
     lengths_D = _lognormal_docs(np.random.default_rng(9), 20000)
     rows = {}
@@ -309,7 +369,7 @@ def test_plan_matches_assignment_when_unshuffled():
     lengths_D = _lognormal_docs(np.random.default_rng(10), 500, median=50)
     plan = packing.plan_packing(lengths_D, 128, seed=None)
     row_P, offset_P, num_rows = packing.best_fit_decreasing(plan.piece_len_P, 128)
-    assert plan.num_rows == num_rows
+    assert plan.num_rows == num_rows == plan.lower_bound  # at the bound: nothing to repair
     np.testing.assert_array_equal(plan.piece_rows(), row_P)
     np.testing.assert_array_equal(plan.piece_offsets(), offset_P)
 
