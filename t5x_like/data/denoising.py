@@ -122,8 +122,8 @@ class Denoising:
         Only an encoder-decoder whose documents carry prefixes has the choice; the candidates
         are the even counts up to ``pieces_per_row``. Measured rather than predicted, because
         which cut packs better depends on the budgets and the 2-D packer: on the embedded corpus
-        two a row turn 19% padding into 5% at 128 + 64 with 3 pieces a row, but at 512 + 224
-        with 8 a row pairs of 8 need more rows than the plain cut (and pairs of 6 fewer).
+        two a row turn 19% padding into 5% at 128 + 64 with 3 pieces a row, while at larger
+        budgets with more pieces a row the plain cut can win.
         """
         prefix_D = docs.prefix_len_D
         if not self.encoder_decoder or prefix_D is None or not prefix_D.any():

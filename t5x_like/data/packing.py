@@ -360,7 +360,7 @@ def repair(lengths_P, row_P, key_P, num_rows: int, length: int) -> tuple[np.ndar
     """Re-pack the rows best fit left with room by minimum bin slack, where that saves rows.
 
     Best fit adds the longest piece that fits, so on lengths that repeat it builds rows of
-    copies (4 x 1,953 leaves 380 tokens that nothing left fits) where the optimum mixes them.
+    copies of one length, whose leftover room nothing left fits, where the optimum mixes them.
     Skipped at the L2 bound. The pieces of the rows with room, a row's pieces together in runs
     of about ``REPAIR_CHUNK``, are re-packed by :func:`packing_kernels.min_slack_rows`, kept
     where they need fewer rows (on the man pages at 8,192: 15 rows, reaching the bound). Returns

@@ -274,7 +274,10 @@ def test_lower_bound_rows_is_martello_toth_l2():
 
 
 def test_lower_bound_of_two_budgets_is_the_larger():
-    size_Px2 = np.array([[6, 1], [6, 1], [6, 1], [1, 9], [1, 9]])
+    # Inputs [6, 6, 6, 1, 1] need 3 rows (three over half a row), targets [1, 1, 1, 2, 2] one.
+    size_Px2 = np.array([[6, 1], [6, 1], [6, 1], [1, 2], [1, 2]])
+    assert packing.lower_bound_rows(size_Px2[:, :1], [10]) == 3
+    assert packing.lower_bound_rows(size_Px2[:, 1:], [10]) == 1
     assert packing.lower_bound_rows(size_Px2, [10, 10]) == 3
     assert packing.lower_bound_rows(size_Px2[:, ::-1], [10, 10]) == 3
     assert packing.lower_bound_rows(np.zeros((0, 2), np.int64), [10, 10]) == 0
