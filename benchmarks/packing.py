@@ -16,8 +16,8 @@ L2 (``packing.lower_bound_rows``: pieces over L/2 need a row each, so it can exc
 Speed, two ways. *Plans* (whole corpus): t5x_like's ``plan_packing`` (split + sort + assign +
 shuffle + group rows, best of 3, numba compiled beforehand) globally and in windows of 1k, 10k
 and 100k short pieces, and its first_fit and concat baselines. *Rows against rows* (the first
-``--grain-docs`` documents): plan **plus** assembling every ``[L]`` token row from the
-documents' tokens, against iterating grain's FirstFit (16 bins), BestFit (1024 bins) and
+``--grain-docs`` documents): plan **plus** building every row's training features with the
+row builder training uses (``causal.CausalLMRows``), against iterating grain's FirstFit (16 bins), BestFit (1024 bins) and
 ConcatThenSplit over the same documents with ``ReadOptions(num_threads=0)`` (grain's setting
 for in-memory sources). grain's fit packers cannot cut, so they get the pieces cut at L.
 
@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from t5x_like.data import packing
+from t5x_like.data import causal, packing
 
 MAN_GLOB = "/usr/share/man/man*/*.gz"
 
@@ -63,8 +63,9 @@ def _tokenizer():
     return tokenizer.default_tokenizer(None)
 
 
-def stdlib_lengths(n: int, seed: int = 0) -> np.ndarray:
-    """Bootstrap sample of the stdlib corpus's train-split example lengths (ids + 1)."""
+def stdlib_lengths(n: int, seed: int = 0, resample: bool = True) -> np.ndarray:
+    """Bootstrap sample of the stdlib corpus's train-split example lengths (ids + 1), or
+    (``resample=False``) the real lengths themselves."""
     from t5x_like.data import stdlib_corpus
 
     paths = stdlib_corpus.build_stdlib_corpus(stdlib_corpus.stdlib_corpus_dir(None))
@@ -72,8 +73,8 @@ def stdlib_lengths(n: int, seed: int = 0) -> np.ndarray:
         texts = [json.loads(line)["text"] for line in f]
     real_D = np.array([len(ids) + 1 for ids in _tokenizer().encode_batch(texts)], np.int64)
     print(f"stdlib: {len(real_D)} train documents, median {int(np.median(real_D))} "
-          f"and mean {real_D.mean():.0f} tokens; bootstrap-resampled to {n:,}")
-    return np.random.default_rng(seed).choice(real_D, size=n, replace=True)
+          f"and mean {real_D.mean():.0f} tokens" + (f"; bootstrap-resampled to {n:,}" if resample else ""))
+    return np.random.default_rng(seed).choice(real_D, size=n, replace=True) if resample else real_D
 
 
 def man_lengths() -> np.ndarray | None:
@@ -127,30 +128,21 @@ def _documents(lengths_D: np.ndarray):
     return tokens_T, start_D
 
 
-def assemble_rows(plan: packing.Plan, tokens_T: np.ndarray, start_D: np.ndarray) -> np.ndarray:
-    """Every row of a one-budget plan as ``[rows, L]`` tokens (0 = padding)."""
-    length = plan.length
-    piece_Q = plan.row_pieces_P
-    len_Q = plan.piece_len_P[piece_Q].astype(np.int64)
-    row_Q = np.repeat(np.arange(plan.num_rows), np.diff(plan.row_ptr_R1))
-    dest_Q = row_Q * length + plan.piece_offsets()[piece_Q]
-    src_Q = start_D[plan.piece_doc_P[piece_Q]] + plan.piece_start_P[piece_Q]
-    within_T = np.arange(int(len_Q.sum())) - np.repeat(np.cumsum(len_Q) - len_Q, len_Q)
-    rows_RxL = np.zeros(plan.num_rows * length, np.int32)
-    rows_RxL[np.repeat(dest_Q, len_Q) + within_T] = tokens_T[np.repeat(src_Q, len_Q) + within_T]
-    return rows_RxL.reshape(plan.num_rows, length)
-
-
 def time_rows(dataset, lengths_D, length, packer) -> dict:
-    """Best of 3: plan_packing and assembling every row, the work grain's packers do."""
+    """Best of 3: plan_packing and the training features of every row (``CausalLMRows``, 256
+    rows a call, as batches are read), the work grain's packers do. A document of n positions
+    is BOS plus n - 1 ids, so it fills the n positions grain's copy of it fills."""
     tokens_T, start_D = _documents(lengths_D)
+    docs = causal.InMemoryDocs([tokens_T[s:s + n - 1] for s, n in zip(start_D, lengths_D)])
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
         plan = packing.plan_packing(lengths_D, length, packer=packer, seed=0)
-        rows_RxL = assemble_rows(plan, tokens_T, start_D)
+        rows = causal.CausalLMRows(docs, plan, bos_id=1, eos_id=2)
+        filled = sum(int((rows(np.arange(lo, min(lo + 256, plan.num_rows)))["decoder_segment_ids"] > 0).sum())
+                     for lo in range(0, plan.num_rows, 256))
         best = min(best, time.perf_counter() - start)
-    assert (rows_RxL > 0).sum() == lengths_D.sum()
+    assert filled == lengths_D.sum()
     return _row(dataset, length, f"t5x_like {packer} (rows)", 0, lengths_D, best,
                 plan.num_rows, plan.num_truncated_docs)
 
