@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top_k", type=int, default=0, help="0 = no top-k filter")
     gen.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--num_beams", type=int, default=1,
+                     help="> 1: beam search with this many beams (sampling flags ignored)")
+    gen.add_argument("--alpha", type=float, default=0.6,
+                     help="beam search's length penalty exponent, as T5X (0 = log-likelihood)")
     gen.add_argument("--metadata", default=None,
                      help="MeCo: the metadata value (e.g. a URL or domain) whose prefix is put "
                           "in front of the prompt (after any mode token), as in stage-1 "
@@ -201,35 +205,36 @@ def _metadata_prefix(cfg, tokenizer, value: str | None) -> list[int]:
 def cmd_generate(args, flags) -> int:
     """Print a sampled continuation of the prompt."""
     from t5x_like import gin_loader, inputs, trainer
-    from t5x_like.generate import generate, generate_seq2seq
+    from t5x_like.generate import Generator, Sampling
     cfg = gin_loader.load_model_dir_config(args.model_dir, flags)
     tokenizer = inputs.load_tokenizer(cfg)
-    params, graphdef, step, _ = trainer.load_trained(cfg)
+    params, graphdef, step, partitioner = trainer.load_trained(cfg)
     mode = [tokenizer.mode_token_id(f"[{args.mode}]")] if args.mode else []
     # MeCo: the prefix sits where training put it, after the mode token (before the text).
     prefix = _metadata_prefix(cfg, tokenizer, args.metadata)
-    sampling = dict(max_new_tokens=args.max_new_tokens, eos_id=tokenizer.eos_id,
-                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    seed=args.seed)
+    text = tokenizer.encode(args.prompt)
+    prefix_lm = cfg.model.architecture != "encoder_decoder" and cfg.objective.name != "causal_lm"
     if cfg.model.architecture == "encoder_decoder":
         # The encoder sees what the denoisers' inputs looked like: [mode] [metadata] prompt EOS.
-        new_ids = generate_seq2seq(params, graphdef, mode + prefix + tokenizer.encode(args.prompt)
-                                   + [tokenizer.eos_id], **sampling)
-        log.info("sampled %d tokens from step %d", len(new_ids), step)
-        print(tokenizer.decode(new_ids))
-        return 0
-    if cfg.objective.name != "causal_lm":
+        prompt = mode + prefix + text + [tokenizer.eos_id]
+    elif prefix_lm:
         # seqio's prefix-LM layout: decoder inputs [0, inputs..., EOS], prefix attended both ways.
-        prompt = [0] + mode + prefix + tokenizer.encode(args.prompt) + [tokenizer.eos_id]
-        new_ids = generate(params, graphdef, prompt, prefix_length=len(prompt), **sampling)
-        log.info("sampled %d tokens from step %d", len(new_ids), step)
-        print(tokenizer.decode(new_ids))
-        return 0
-    bos = [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
-    new_ids = generate(params, graphdef, mode + bos + prefix + tokenizer.encode(args.prompt),
-                       **sampling)
-    log.info("sampled %d tokens from step %d", len(new_ids), step)
-    print(args.prompt + tokenizer.decode(new_ids))
+        prompt = [0] + mode + prefix + text + [tokenizer.eos_id]
+    else:
+        prompt = mode + ([tokenizer.bos_id] if tokenizer.bos_id >= 0 else []) + prefix + text
+    generator = Generator(params, graphdef, eos_id=tokenizer.eos_id, prefix_lm=prefix_lm,
+                          partitioner=partitioner)
+    if args.num_beams > 1:
+        result, = generator.beam_search([prompt], max_new_tokens=args.max_new_tokens,
+                                        num_beams=args.num_beams, alpha=args.alpha)
+    else:
+        sampling = Sampling(args.temperature, args.top_k, args.top_p)
+        result, = generator.generate([prompt], max_new_tokens=args.max_new_tokens,
+                                     sampling=sampling, seed=args.seed)
+    log.info("decoded %d tokens from step %d (log-likelihood %.3f)", len(result.tokens), step,
+             result.score)
+    continuation = tokenizer.decode(result.tokens)
+    print(continuation if prefix_lm or generator.encoder_decoder else args.prompt + continuation)
     return 0
 
 

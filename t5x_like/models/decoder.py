@@ -13,6 +13,7 @@ from flax import nnx
 
 from t5x_like.config import ModelConfig
 from t5x_like.models import stack
+from t5x_like.models.kv_cache import KVCache
 from t5x_like.models.layers import MLP, RMSNorm, Attention, param
 from t5x_like.models.ops import Kernels
 from t5x_like.models.rope import rope_frequencies
@@ -35,11 +36,15 @@ class DecoderBlock(nnx.Module):
         self.mlp = MLP(d_model=cfg.d_model, mlp_dim=cfg.mlp_dim, activation=cfg.mlp_activation,
                        dtype=dtype, param_dtype=param_dtype, kernels=kernels, rngs=rngs)
 
-    def __call__(self, x_BxLxD, rope, segment_ids_BxL, prefix_BxL=None):
-        x_BxLxD = x_BxLxD + self.attention(self.attention_norm(x_BxLxD), rope, segment_ids_BxL,
-                                           prefix_BxL)
+    def __call__(self, x_BxLxD, rope, segment_ids_BxL, prefix_BxL=None, cache=None):
+        """The block's output; with a `cache` (a `kv_cache.LayerView`), (output, its arrays)."""
+        attended = self.attention(self.attention_norm(x_BxLxD), rope, segment_ids_BxL,
+                                  prefix_BxL, cache)
+        out_BxLxD, arrays = attended if cache is not None else (attended, None)
+        x_BxLxD = x_BxLxD + out_BxLxD
         x_BxLxD = x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
-        return constrain(x_BxLxD, ("batch", "length", "embed"))
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
+        return x_BxLxD if cache is None else (x_BxLxD, arrays)
 
 
 class Decoder(nnx.Module):
@@ -79,6 +84,37 @@ class Decoder(nnx.Module):
         x_BxLxD = stack.run_layers(self.cfg, self.layers, x_BxLxD, rope, segment_ids_BxL,
                                    causal_attention_BxL)
         return self.final_norm(x_BxLxD)
+
+    # ------------------------------------------------------------------ decoding
+    def init_cache(self, batch: int, length: int) -> KVCache:
+        """An empty cache of `length` slots per row (prompt plus new tokens)."""
+        cfg = self.cfg
+        return KVCache.zeros(num_layers=cfg.num_layers, batch=batch, length=length,
+                             kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                             dtype=jnp.dtype(cfg.dtype))
+
+    def extend(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array, cache: KVCache, *,
+               prefill: bool, prefix_BxL: jax.Array | None = None
+               ) -> tuple[jax.Array, KVCache]:
+        """Feed a chunk through the cache: (float32 logits [B, V] of its last token, cache).
+
+        `prefill`: the chunk is a left-padded prompt (segment 0 = padding) into an empty cache,
+        attended within itself by the platform's kernel; `prefix_BxL` flags a prefix LM's
+        bidirectional part. Otherwise one token per row (L = 1) against every slot. Positions
+        count each row's real tokens, so padding shifts nothing.
+        """
+        positions_BxL = cache.next_positions()[:, None] + jnp.maximum(
+            jnp.cumsum(segment_ids_BxL != 0, axis=1, dtype=jnp.int32) - 1, 0)
+        cache = cache.mark(segment_ids_BxL)
+        dtype = jnp.dtype(self.cfg.dtype)
+        x_BxLxD = jnp.take(self.token_embed[...], tokens_BxL, axis=0).astype(dtype)
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
+        rope = self.kernels.rope(positions_BxL, *rope_frequencies(self.cfg),
+                                 num_positions=cache.length)
+        x_BxLxD, cache = stack.run_layers_cached(self.cfg, self.layers, x_BxLxD, cache, prefill,
+                                                 rope, segment_ids_BxL, prefix_BxL)
+        logits_Bx1xV = self.logits(self.final_norm(x_BxLxD[:, -1:]))
+        return logits_Bx1xV[:, 0], cache.advance(tokens_BxL.shape[1])
 
     def output_kernel(self) -> jax.Array:
         """The [D, V] projection onto the vocabulary, in the compute dtype (the loss may take

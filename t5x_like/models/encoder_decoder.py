@@ -18,12 +18,15 @@ takes the platform's kernel.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from t5x_like.config import ModelConfig
 from t5x_like.models import stack
+from t5x_like.models.kv_cache import CACHE_AXES, KVCache, slot_positions
 from t5x_like.models.layers import MLP, RMSNorm, RelativePositionBias, T5Attention, fan_in_init, param
 from t5x_like.models.ops import Kernels
 from t5x_like.partitioning import constrain
@@ -86,7 +89,12 @@ class DecoderLayer(nnx.Module):
         self.mlp = _mlp(cfg, rngs)
 
     def __call__(self, y_BxMxD, encoded_BxLxD, segment_ids_BxM, bias_BxHxMxM,
-                 encoder_segment_ids_BxL):
+                 encoder_segment_ids_BxL, cache=None):
+        """The layer's output; with a `cache` (a `kv_cache.LayerView` holding the encoded
+        inputs' cross keys and values, `encoded_BxLxD` unused), (output, its arrays)."""
+        if cache is not None:
+            return self._step(y_BxMxD, segment_ids_BxM, bias_BxHxMxM, encoder_segment_ids_BxL,
+                              cache)
         h_BxMxD = self.self_attention_norm(y_BxMxD)
         y_BxMxD = y_BxMxD + self.self_attention(h_BxMxD, h_BxMxD, segment_ids_BxM,
                                                 segment_ids_BxM, causal=True,
@@ -98,6 +106,16 @@ class DecoderLayer(nnx.Module):
                                                  what="cross-attention")
         y_BxMxD = y_BxMxD + self.mlp(self.mlp_norm(y_BxMxD))
         return constrain(y_BxMxD, _ACTIVATION)
+
+    def _step(self, y_Bx1xD, segment_ids_Bx1, bias_BxHx1xT, encoder_segment_ids_BxS, cache):
+        out_Bx1xD, arrays = self.self_attention.cached(self.self_attention_norm(y_Bx1xD),
+                                                       segment_ids_Bx1, cache, bias_BxHx1xT)
+        y_Bx1xD = y_Bx1xD + out_Bx1xD
+        y_Bx1xD = y_Bx1xD + self.cross_attention.attend(
+            self.cross_attention_norm(y_Bx1xD), *cache.keys_values(arrays, which=1),
+            segment_ids_Bx1, encoder_segment_ids_BxS, causal=False, what="cross-attention")
+        y_Bx1xD = y_Bx1xD + self.mlp(self.mlp_norm(y_Bx1xD))
+        return constrain(y_Bx1xD, _ACTIVATION), arrays
 
 
 class EncoderStack(nnx.Module):
@@ -132,6 +150,28 @@ class DecoderStack(nnx.Module):
                                    bias_BxHxMxM, encoder_segment_ids_BxL)
         return self.final_norm(y_BxMxD)
 
+    def step(self, y_Bx1xD: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """One token per row through the cache (already marked): final-normed hidden states."""
+        positions_Bx1 = cache.next_positions()[:, None] - 1  # the cache already counts it
+        bias_BxHx1xT = self.relative_bias(positions_Bx1, slot_positions(cache))
+        y_Bx1xD, cache = stack.run_layers_cached(
+            self.cfg, self.layers, y_Bx1xD, cache, False, None, jnp.ones_like(positions_Bx1),
+            bias_BxHx1xT, cache.encoder_segment_ids_BxS)
+        return self.final_norm(y_Bx1xD), cache
+
+    def cross_keys_values(self, encoded_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Every layer's cross-attention keys and values [N, B, S, K, E] of the encoded inputs."""
+        if not self.cfg.scan_layers:
+            pairs = [layer.cross_attention.keys_values(encoded_BxSxD) for layer in self.layers]
+            return tuple(jnp.stack(parts) for parts in zip(*pairs))
+        graphdef, stacked_state = nnx.split(self.layers)
+
+        def body(_, layer_state):
+            return None, nnx.merge(graphdef, layer_state).cross_attention.keys_values(
+                encoded_BxSxD)
+
+        return jax.lax.scan(body, None, stacked_state)[1]
+
 
 def _packing(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None,
              positions_BxL: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -142,6 +182,11 @@ def _packing(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None,
     if positions_BxL is None:
         positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     return segment_ids_BxL, positions_BxL
+
+
+def _positions(segment_ids_BxL: jax.Array) -> jax.Array:
+    """Positions of right-padded rows of one segment each: 0.. over the tokens, 0 on padding."""
+    return jnp.maximum(jnp.cumsum(segment_ids_BxL != 0, axis=1, dtype=jnp.int32) - 1, 0)
 
 
 class EncoderDecoder(nnx.Module):
@@ -213,6 +258,29 @@ class EncoderDecoder(nnx.Module):
             y_BxMxD = y_BxMxD * jnp.asarray(self.cfg.d_model ** -0.5, self.cfg.dtype)
         logits_BxMxV = self.kernels.dense(y_BxMxD, kernel_DxV)
         return constrain(logits_BxMxV.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    # ------------------------------------------------------------------ decoding
+    def init_cache(self, encoder_input_tokens_BxS: jax.Array,
+                   encoder_segment_ids_BxS: jax.Array, length: int) -> KVCache:
+        """Encode once, project every layer's cross keys and values once, and leave `length`
+        empty decoder slots (segment 0 marks the inputs' padding)."""
+        cfg = self.cfg
+        encoded_BxSxD = self.encode(encoder_input_tokens_BxS, encoder_segment_ids_BxS,
+                                    _positions(encoder_segment_ids_BxS))
+        cross_key, cross_value = self.decoder.cross_keys_values(encoded_BxSxD)
+        cache = KVCache.zeros(num_layers=cfg.num_layers, batch=encoded_BxSxD.shape[0],
+                              length=length, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                              dtype=jnp.dtype(cfg.dtype))
+        return dataclasses.replace(
+            cache, cross_key_NxBxSxKxE=constrain(cross_key, CACHE_AXES),
+            cross_value_NxBxSxKxE=constrain(cross_value, CACHE_AXES),
+            encoder_segment_ids_BxS=encoder_segment_ids_BxS.astype(jnp.int32))
+
+    def extend(self, tokens_Bx1: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """One decoder token per row (BOS = 0 first): (float32 logits [B, V], cache)."""
+        cache = cache.mark(jnp.ones_like(tokens_Bx1))
+        y_Bx1xD, cache = self.decoder.step(self._embed(tokens_Bx1), cache)
+        return self.logits(y_Bx1xD)[:, 0], cache.advance(1)
 
     def __call__(self, encoder_input_tokens_BxL: jax.Array, decoder_input_tokens_BxM: jax.Array,
                  encoder_segment_ids_BxL: jax.Array | None = None,

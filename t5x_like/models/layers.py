@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from t5x_like.models.attention import apply_rope
+from t5x_like.models.kv_cache import LayerView
 from t5x_like.models.ops import Kernels
 from t5x_like.partitioning import constrain
 
@@ -69,18 +70,29 @@ class Attention(nnx.Module):
                          ("heads", "head_dim", "embed"), param_dtype)
 
     def __call__(self, x_BxLxD: jax.Array, rope: tuple[jax.Array, jax.Array],
-                 segment_ids_BxL: jax.Array, prefix_BxL: jax.Array | None = None) -> jax.Array:
+                 segment_ids_BxL: jax.Array, prefix_BxL: jax.Array | None = None,
+                 cache: LayerView | None = None):
         """`rope` is `kernels.rope(positions, ...)`, shared by the layers; `prefix_BxL` marks a
-        prefix LM's bidirectional inputs."""
+        prefix LM's bidirectional inputs. With a `cache`, returns (output, the cache's arrays
+        with this chunk's keys and values written)."""
         x = x_BxLxD.astype(self.dtype)
         q_BxLxHxE, k_BxLxKxE, v_BxLxKxE = self.kernels.qkv(
             x, *(w[...].astype(self.dtype) for w in (self.query, self.key, self.value)))
-        out_BxLxHxE = self.kernels.attention(
-            apply_rope(q_BxLxHxE, rope), apply_rope(k_BxLxKxE, rope), v_BxLxKxE,
-            q_segment_ids_BxL=segment_ids_BxL, kv_segment_ids_BxM=segment_ids_BxL, causal=True,
-            prefix_BxL=prefix_BxL)
-        return self.kernels.dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2,
-                                  name="out_proj")
+        q_BxLxHxE, k_BxLxKxE = apply_rope(q_BxLxHxE, rope), apply_rope(k_BxLxKxE, rope)
+        if cache is None or cache.prefill:
+            out_BxLxHxE = self.kernels.attention(
+                q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, q_segment_ids_BxL=segment_ids_BxL,
+                kv_segment_ids_BxM=segment_ids_BxL, causal=True, prefix_BxL=prefix_BxL)
+        if cache is not None:
+            arrays = cache.write(k_BxLxKxE, v_BxLxKxE)
+            if not cache.prefill:  # one new token per row, against every slot written so far
+                out_BxLxHxE = self.kernels.attention(
+                    q_BxLxHxE, *cache.keys_values(arrays), q_segment_ids_BxL=segment_ids_BxL,
+                    kv_segment_ids_BxM=cache.segment_ids_BxT, causal=False,
+                    what="decode self-attention")
+        out_BxLxD = self.kernels.dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2,
+                                       name="out_proj")
+        return out_BxLxD if cache is None else (out_BxLxD, arrays)
 
 
 MLP_ACTIVATIONS = {
@@ -230,13 +242,37 @@ class T5Attention(nnx.Module):
     def __call__(self, x_BxLxD: jax.Array, kv_BxMxD: jax.Array, q_segment_ids_BxL: jax.Array,
                  kv_segment_ids_BxM: jax.Array, *, causal: bool,
                  bias_BxHxLxM: jax.Array | None = None, what: str = "attention") -> jax.Array:
-        x, kv = x_BxLxD.astype(self.dtype), kv_BxMxD.astype(self.dtype)
+        return self.attend(x_BxLxD, *self.keys_values(kv_BxMxD), q_segment_ids_BxL,
+                           kv_segment_ids_BxM, causal=causal, bias_BxHxLxM=bias_BxHxLxM,
+                           what=what)
+
+    def keys_values(self, kv_BxMxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values [B, M, K, E] of `kv_BxMxD` (a decode cache keeps them)."""
+        kv = kv_BxMxD.astype(self.dtype)
+        return (self.kernels.dense(kv, self.key[...].astype(self.dtype), name="key_proj"),
+                self.kernels.dense(kv, self.value[...].astype(self.dtype), name="value_proj"))
+
+    def attend(self, x_BxLxD: jax.Array, k_BxMxKxE: jax.Array, v_BxMxKxE: jax.Array,
+               q_segment_ids_BxL: jax.Array, kv_segment_ids_BxM: jax.Array, *, causal: bool,
+               bias_BxHxLxM: jax.Array | None = None, what: str = "attention") -> jax.Array:
+        """Attention of `x_BxLxD`'s queries over given keys and values, then the output
+        projection."""
+        x = x_BxLxD.astype(self.dtype)
         q_BxLxHxE = self.kernels.dense(x, self.query[...].astype(self.dtype), name="query_proj")
-        k_BxMxKxE = self.kernels.dense(kv, self.key[...].astype(self.dtype), name="key_proj")
-        v_BxMxKxE = self.kernels.dense(kv, self.value[...].astype(self.dtype), name="value_proj")
         out_BxLxHxE = self.kernels.attention(
             q_BxLxHxE, k_BxMxKxE, v_BxMxKxE, q_segment_ids_BxL=q_segment_ids_BxL,
             kv_segment_ids_BxM=kv_segment_ids_BxM, causal=causal, bias_BxHxLxM=bias_BxHxLxM,
             scale=1.0, what=what)
         return self.kernels.dense(out_BxLxHxE, self.out[...].astype(self.dtype), num_in=2,
                                   name="out_proj")
+
+    def cached(self, x_BxLxD: jax.Array, segment_ids_BxL: jax.Array, cache: LayerView,
+               bias_BxHxLxT: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """Self-attention of one new token per row (L = 1) over the cache, after writing its
+        key and value: the output and the cache's arrays. `bias_BxHxLxT` relates the token to
+        every slot."""
+        arrays = cache.write(*self.keys_values(x_BxLxD))
+        out_BxLxD = self.attend(x_BxLxD, *cache.keys_values(arrays), segment_ids_BxL,
+                                cache.segment_ids_BxT, causal=False, bias_BxHxLxM=bias_BxHxLxT,
+                                what="decode self-attention")
+        return out_BxLxD, arrays

@@ -101,11 +101,15 @@ class Kernels:
         return (self.dense(x_BxLxD, gate_DxF, name="mlp_gate"),
                 self.dense(x_BxLxD, up_DxF, name="mlp_up"))
 
-    def rope(self, positions_BxL: jax.Array, inv_freq_E2: np.ndarray, scale: float = 1.0):
-        """cos, sin [B, L, 1, E/2] for `attention.apply_rope`, of `rope.rope_frequencies`."""
+    def rope(self, positions_BxL: jax.Array, inv_freq_E2: np.ndarray, scale: float = 1.0,
+             num_positions: int | None = None):
+        """cos, sin [B, L, 1, E/2] for `attention.apply_rope`, of `rope.rope_frequencies`.
+
+        `num_positions` bounds the positions (default L, a packed row's; a decode step's
+        position can reach its cache length)."""
         if self.cpu_tuned:
             return cpu_kernels.rope_tables(positions_BxL, inv_freq_E2, scale,
-                                           positions_BxL.shape[1])
+                                           num_positions or positions_BxL.shape[1])
         return reference.rope_tables(positions_BxL, inv_freq_E2, scale)
 
     # ------------------------------------------------------------------ attention
@@ -145,6 +149,8 @@ class Kernels:
         impl = self._requested()
         if impl in ("xla", "cpu"):
             return impl, ""
+        if q.shape[1] == 1:  # a decode step: one query per row is a matrix-vector product,
+            return "xla", ""  # which XLA's einsum serves; flash kernels tile many queries
         if bias is not None:
             return "xla", f"{impl} takes no learned position bias (T5's relative attention)"
         if prefix is not None and impl != "splash":

@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from t5x_like.config import PROJECTION_NAMES, ConfigError, ModelConfig
+from t5x_like.models.kv_cache import KVCache
 
 
 def remat_policy(name: str) -> Callable | None:
@@ -71,3 +73,28 @@ def run_layers(cfg: ModelConfig, layers, x_BxLxD: jax.Array, *args) -> jax.Array
 
     x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, stacked_state)
     return x_BxLxD
+
+
+def run_layers_cached(cfg: ModelConfig, layers, x_BxLxD: jax.Array, cache: KVCache,
+                      prefill: bool, *args) -> tuple[jax.Array, KVCache]:
+    """Apply every layer as layer(x, *args, cache=view), each writing its keys and values.
+
+    The cache's stacked arrays ride along (a scan's carry when scanned), so every layer's
+    write is in place. No remat: nothing is differentiated when decoding.
+    """
+    arrays = cache.layers()
+    if not cfg.scan_layers:
+        for i, layer in enumerate(layers):
+            x_BxLxD, arrays = layer(x_BxLxD, *args, cache=cache.view(arrays, i, prefill))
+        return x_BxLxD, cache.with_layers(arrays)
+    graphdef, stacked_state = nnx.split(layers)
+
+    def body(carry, layer_state):
+        x, arrays, i = carry
+        layer = nnx.merge(graphdef, layer_state)
+        x, arrays = layer(x, *args, cache=cache.view(arrays, i, prefill))
+        return (x, arrays, i + 1), None
+
+    (x_BxLxD, arrays, _), _ = jax.lax.scan(body, (x_BxLxD, arrays, jnp.zeros((), jnp.int32)),
+                                           stacked_state)
+    return x_BxLxD, cache.with_layers(arrays)

@@ -30,12 +30,14 @@ def _perturb_norms(model) -> None:
                 p.add_(0.1 * torch.randn_like(p))
 
 
-def hf_t5(variant: str, seed: int = 0, buckets: int = 8, max_distance: int = 12):
+def hf_t5(variant: str, seed: int = 0, buckets: int = 8, max_distance: int = 12,
+          decoder_layers: int = 3):
     """A random float32 T5 of the variant: 2 encoder, 3 decoder layers, few buckets. v1.1 and UL2
     get a separate lm_head (transformers 5 ties T5's head whatever the config says)."""
     proj, _, tied = T5_VARIANTS[variant]
     cfg = transformers.T5Config(
-        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=3,
+        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=2,
+        num_decoder_layers=decoder_layers,
         num_heads=4, relative_attention_num_buckets=buckets,
         relative_attention_max_distance=max_distance,
         feed_forward_proj=proj, tie_word_embeddings=tied, dropout_rate=0.0,
