@@ -184,8 +184,11 @@ _SHAPE_FIELDS = ("architecture", "vocab_size", "d_model", "num_layers", "num_enc
                  "mlp_dim", "tie_embeddings", "scan_layers")
 
 
-def check_same_model(saved: dict, current: dict, where: str) -> None:
-    """Raise CheckpointMismatchError naming every shape-relevant field that differs."""
+def check_same_model(saved: dict, current: dict, where: str,
+                     fix: str = "Use the gin model config it was trained with, or a fresh "
+                                "MODEL_DIR.") -> None:
+    """Raise CheckpointMismatchError naming every shape-relevant field that differs, then
+    ``fix``."""
     # A field the checkpoint predates had its default value when the checkpoint was written.
     defaults = ModelConfig().to_dict()
     saved = defaults | saved
@@ -193,5 +196,36 @@ def check_same_model(saved: dict, current: dict, where: str) -> None:
              for k in _SHAPE_FIELDS if saved.get(k) != current.get(k)]
     if diffs:
         raise CheckpointMismatchError(
-            f"checkpoint {where} was written by a different model ({'; '.join(diffs)}). "
-            "Use the gin model config it was trained with, or a fresh MODEL_DIR.")
+            f"checkpoint {where} was written by a different model ({'; '.join(diffs)}). {fix}")
+
+
+def locate_init(init_from: str, init_step: int = -1) -> tuple[str, int]:
+    """``(MODEL_DIR, step)`` of the checkpoint that ``TrainConfig.init_from`` names: a MODEL_DIR
+    (its step ``init_step``, -1 = the latest) or a checkpoint directory ``.../checkpoints/N``.
+
+    Raises CheckpointMismatchError (one line: the value, what is there, what to do) when it
+    names no checkpoint, or a step that is not there.
+    """
+    path = pathlib.Path(init_from)
+    if path.name.isdigit() and path.parent.name == "checkpoints":
+        model_dir, step = str(path.parent.parent), int(path.name)
+        if init_step not in (-1, step):
+            raise CheckpointMismatchError(
+                f"TrainConfig.init_from = {init_from!r} is the checkpoint of step {step} but "
+                f"TrainConfig.init_step = {init_step}: set -1, or name the MODEL_DIR")
+    else:
+        model_dir, step = init_from, init_step
+    directory = pathlib.Path(model_dir, "checkpoints")
+    steps = sorted(int(p.name) for p in directory.glob("*")
+                   if p.name.isdigit() and ((p / "state").is_dir() or (p / "params").is_dir()))
+    if not steps:
+        raise CheckpointMismatchError(
+            f"TrainConfig.init_from = {init_from!r}: no checkpoint under {directory}; name the "
+            "MODEL_DIR of a training run or a converted model (t5x-like convert), or one of its "
+            "checkpoints/N directories")
+    step = steps[-1] if step == -1 else step
+    if step not in steps:
+        raise CheckpointMismatchError(
+            f"TrainConfig.init_from = {init_from!r} has no checkpoint of step {step} (it has "
+            f"{steps}): set TrainConfig.init_step to one of them, or -1 for the latest")
+    return model_dir, step

@@ -167,8 +167,8 @@ def _check_piece_budgets(run: RunConfig) -> None:
     A metadata prefix takes more of the inputs: that part needs the data, and the plan checks it.
     """
     o, lengths = run.objective, run.data.task_feature_lengths
-    if o.name == "causal_lm" or "inputs" not in lengths:
-        return
+    if o.name not in objectives.PRESETS or o.name == "causal_lm" or "inputs" not in lengths:
+        return  # no denoisers: pieces are not cut for a share of the budgets
     k = o.pieces_per_row
     for denoiser in objectives.denoisers_from_config(o):
         try:

@@ -17,7 +17,8 @@ import numpy as np
 
 from t5x_like.config import RunConfig, TaskConfig
 # The built-in objectives register their row builders on import.
-from t5x_like.data import causal, denoising, meco, pipeline, prepared, rows, stdlib_corpus  # noqa: F401
+from t5x_like.data import (causal, denoising, meco, pipeline, prepared, rows,  # noqa: F401
+                           stdlib_corpus, stdlib_signatures, supervised)
 from t5x_like.data.stages import StagedIterator
 from t5x_like.data.streaming import StreamingPackedIterator
 from t5x_like.data.tokenizer import Tokenizer, default_tokenizer
@@ -48,13 +49,22 @@ def _data_dir(cfg: RunConfig) -> pathlib.Path:
             else stdlib_corpus.default_data_dir())
 
 
+# The sources built offline on first use, by name: directory and builder.
+_EMBEDDED = {
+    "stdlib": (stdlib_corpus.stdlib_corpus_dir, stdlib_corpus.build_stdlib_corpus),
+    stdlib_signatures.NAME: (stdlib_signatures.stdlib_signatures_dir,
+                             stdlib_signatures.build_stdlib_signatures),
+}
+
+
 def source_spec(cfg: RunConfig, task: TaskConfig, split: str) -> str:
     """The source spec of one split of a task ('' when the task has no such split)."""
     spec = task.train_source if split == "train" else task.eval_source
-    if split == "eval" and not spec and task.train_source == "stdlib":
-        spec = "stdlib"
-    if spec == "stdlib":
-        paths = stdlib_corpus.build_stdlib_corpus(stdlib_corpus.stdlib_corpus_dir(_data_dir(cfg)))
+    if split == "eval" and not spec and task.train_source in _EMBEDDED:
+        spec = task.train_source  # an embedded source has its own validation split
+    if spec in _EMBEDDED:
+        directory, build = _EMBEDDED[spec]
+        paths = build(directory(_data_dir(cfg)))
         return str(paths["train" if split == "train" else "validation"])
     return spec
 
@@ -66,10 +76,11 @@ def prepare_task(cfg: RunConfig, task: TaskConfig, split: str, tokenizer: Tokeni
     out = _data_dir(cfg) / "prepared" / task.name / split
     metadata = (cfg.objective.metadata_field,) if cfg.objective.metadata_field else ()
     options = prepared.PrepareOptions(
-        text_field=task.text_field, metadata_fields=tuple(dict.fromkeys(task.metadata_fields
-                                                                        + metadata)),
+        text_field=task.document_field, inputs_field=task.inputs_field,
+        metadata_fields=tuple(dict.fromkeys(task.metadata_fields + metadata)),
         score_field=task.score_field if split == "train" else "",
-        num_workers=cfg.data.prepare_workers, progress=progress, data_dir=str(_data_dir(cfg)))
+        num_workers=cfg.data.prepare_workers, progress=progress, data_dir=str(_data_dir(cfg)),
+        task=f"{task.name!r}, {split} split")
     if jax.process_count() > 1:
         manifest = prepared.read_manifest(out)
         if manifest is None or manifest.get("source") != spec:
@@ -93,9 +104,36 @@ def task_rows(cfg: RunConfig, objective: rows.RowObjective, task: TaskConfig, sp
     prefixes = None if metadata == "none" else meco.DocumentPrefixes(
         prepared.PreparedDataset(path), cfg.objective, tokenizer, metadata == "wrong")
     return rows.open_rows(
-        objective, path, seed=cfg.data.seed if train else None,
+        rows.for_task(objective, task), path, seed=cfg.data.seed if train else None,
         window=cfg.data.pack_window if train else 0, prefixes=prefixes,
         score_temperature=task.score_temperature if (train and task.score_field) else 0.0)
+
+
+def supervised_examples(cfg: RunConfig, task: TaskConfig, split: str,
+                        metadata: bool | None = None) -> supervised.SupervisedExamples:
+    """The examples of a supervised task's split (prepared on first use), unpacked, in source
+    order, as the run's model sees them (``data.supervised.SupervisedExamples``): the task's
+    mode token and, with ``metadata`` (default: when the run sets
+    ObjectiveConfig.metadata_field), each record's MeCo prefix in front of the inputs."""
+    if not task.supervised:
+        raise ValueError(f"task {task.name!r} is a text task: supervised examples need "
+                         "TaskConfig.inputs_field and targets_field")
+    if split not in SPLITS or not source_spec(cfg, task, split):
+        raise ValueError(f"task {task.name!r} has no {split!r} split; splits: "
+                         f"{[s for s in SPLITS if source_spec(cfg, task, s)]}")
+    if set(cfg.data.task_feature_lengths) != {"inputs", "targets"}:
+        raise ValueError(f"DataConfig.task_feature_lengths = {cfg.data.task_feature_lengths!r}: "
+                         "supervised examples are cut to an inputs and a targets budget; give "
+                         "both (runs/finetune.gin does)")
+    metadata = bool(cfg.objective.metadata_field) if metadata is None else metadata
+    if metadata and not cfg.objective.metadata_field:
+        raise ValueError("metadata=True needs ObjectiveConfig.metadata_field (MeCo's prefixes)")
+    tokenizer = _checked_tokenizer(cfg)
+    path = prepare_task(cfg, task, split, tokenizer)
+    prefixes = meco.DocumentPrefixes(prepared.PreparedDataset(path), cfg.objective,
+                                     tokenizer) if metadata else None
+    objective = supervised.Supervised.from_config(cfg, tokenizer).for_task(task)
+    return supervised.SupervisedExamples(path, objective, prefixes)
 
 
 def _checked_tokenizer(cfg: RunConfig) -> Tokenizer:
@@ -173,8 +211,8 @@ def prepare_all(cfg: RunConfig, progress: bool = True) -> list[dict]:
         manifest = prepared.read_manifest(path)
         summaries.append({
             "task": task.name, "split": split, "metadata": metadata, "path": str(path),
-            "documents": manifest["documents"], "tokens": manifest["tokens"],
-            "records_read": manifest["records_read"], "skipped": manifest["skipped"],
+            **{k: manifest[k] for k in ("documents", "tokens", "inputs_tokens", "targets_tokens",
+                                        "records_read", "skipped") if k in manifest},
             **rows.summary(task_split_rows.plan)})
         if metadata != "none":
             summaries[-1]["metadata_summary"] = meco.stage1_summary(task_split_rows)

@@ -201,13 +201,36 @@ class StepReporter:
         self._last_time, self._steps_since = time.perf_counter(), 0
 
 
+def init_from_checkpoint(cfg: RunConfig, tx, layout: state_lib.StateLayout,
+                         partitioner: Partitioner) -> dict[str, Any]:
+    """A fine-tune's first state: TrainConfig.init_from's parameters (either kind of
+    checkpoint, any mesh), fresh optimizer moments, step 0. The model must match."""
+    model_dir, step = checkpointing.locate_init(cfg.train.init_from, cfg.train.init_step)
+    source = checkpointing.Checkpointer(model_dir, keep=1, every=1, async_save=False)
+    try:
+        checkpointing.check_same_model(
+            source.model_config(step), cfg.model.to_dict(), f"{source.directory}/{step}",
+            fix=f"TrainConfig.init_from = {cfg.train.init_from!r} needs the model config it was "
+                "trained with (its MODEL_DIR's config.gin), or another init_from.")
+        params = source.restore_params(step, layout.restore_target["params"], None)
+    finally:
+        source.close()
+    log.info("fine-tuning from %s/%d: its parameters, fresh optimizer state, step 0",
+             source.directory, step)
+    return state_lib.state_from_params(params, tx, layout, partitioner, 0)
+
+
 def restore_or_init(cfg: RunConfig, factory, tx, layout: state_lib.StateLayout, partitioner,
                     checkpointer, data_iter) -> tuple[Any, int]:
-    """(state, start_step): MODEL_DIR's latest checkpoint if any, else a fresh sharded init.
+    """(state, start_step): MODEL_DIR's latest checkpoint if any, else TrainConfig.init_from's
+    parameters at step 0 (fine-tuning), else a fresh sharded init.
 
     A parameters-only checkpoint (`t5x-like convert`'s output) starts the run at its step with
-    those parameters, fresh optimizer moments and a fresh data iterator."""
+    those parameters, fresh optimizer moments and a fresh data iterator. Once MODEL_DIR has a
+    checkpoint of its own, init_from is not read again."""
     latest = checkpointer.latest_step()
+    if latest is None and cfg.train.init_from:
+        return init_from_checkpoint(cfg, tx, layout, partitioner), 0
     if latest is None:
         return state_lib.init_state(factory, tx, layout, partitioner, cfg.train.seed), 0
     if not checkpointer.holds_train_state(latest):

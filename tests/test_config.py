@@ -48,6 +48,24 @@ UL2 = dict(objective=ObjectiveConfig(name="ul2"),
     (lambda: RunConfig(data=DataConfig(streaming=True, pack_window=10, tasks=(
         TaskConfig(name="q", score_field="s"),), mixture_or_task_name="q")),
      "samples by 's', which needs every score up front"),
+    # Supervised tasks: both fields or neither, read by the supervised objective only.
+    (lambda: TaskConfig(name="qa", inputs_field="question"),
+     "TaskConfig.inputs_field = 'question' and TaskConfig.targets_field = '' .*set both"),
+    (lambda: DataConfig(targets_field="answer"), "DataConfig.inputs_field = '' and .*set both"),
+    (lambda: TaskConfig(mode_token="[S2S]"), "mode_token = '\\[S2S\\]': goes in front of a "
+                                             "supervised task's inputs"),
+    (lambda: TaskConfig(name="qa", inputs_field="q", targets_field="a", mode_token="S2S"),
+     "mode_token = 'S2S': choose one of"),
+    (lambda: RunConfig(objective=ObjectiveConfig(name="supervised"), data=DataConfig(
+        task_feature_lengths={"inputs": 8, "targets": 8})),
+     "'supervised' reads \\(inputs, targets\\) records, but .* 'stdlib' has text tasks"),
+    (lambda: RunConfig(data=DataConfig(mixture_or_task_name="stdlib_signatures")),
+     "has supervised tasks \\['stdlib_signatures'\\] .*\\(objective 'causal_lm'"),
+    (lambda: RunConfig(objective=ObjectiveConfig(name="supervised", pieces_per_row=2),
+                       data=DataConfig(mixture_or_task_name="stdlib_signatures",
+                                       task_feature_lengths={"inputs": 8, "targets": 8})),
+     "a supervised example is one piece"),
+    (lambda: TrainConfig(init_step=3), "init_step = 3: picks a step of TrainConfig.init_from"),
 ])
 def test_invalid_values_name_the_field(make, message):
     with pytest.raises(ConfigError, match=message):

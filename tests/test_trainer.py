@@ -1,5 +1,5 @@
 """The loop end to end on 8 fake CPU devices: mesh invariance, exact resume, restore onto another
-mesh, the NaN stop, and a checkpoint from another model."""
+mesh, the NaN stop, a checkpoint from another model, and fine-tuning from another run."""
 
 import dataclasses
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import MICRO_MODEL, losses_of, partitioner_for, random_packed_rows
-from t5x_like import trainer
+from t5x_like import optim, state as state_lib, trainer
 from t5x_like.checkpointing import CheckpointMismatchError
 from t5x_like.config import OptimizerConfig, RunConfig, TrainConfig, DataConfig
 from t5x_like.data import pipeline
@@ -138,3 +138,51 @@ def test_resume_with_another_process_count_is_refused(reference, tmp_path):
         f.rename(f.with_name("process_0-of-2.json"))
     with pytest.raises(CheckpointMismatchError, match="data iterator state of 2 process"):
         trainer.train(_cfg(model_dir, steps=8), _inputs(), partitioner=partitioner_for((1, 1, 1)))
+
+
+def _fine_tune_start(cfg):
+    """The state a fine-tune of `cfg` starts from, on one device."""
+    tx, _ = optim.make_optimizer(cfg.optimizer, cfg.schedule_steps)
+    partitioner = partitioner_for((1, 1, 1))
+    layout = state_lib.state_layout(trainer.default_model_factory(cfg), tx, partitioner)
+    return trainer.init_from_checkpoint(cfg, tx, layout, partitioner)
+
+
+@pytest.mark.parametrize("source, step", [("", 6), ("/checkpoints/3", 3)])
+def test_fine_tune_starts_from_the_parameters_with_fresh_optimizer_state(reference, tmp_path,
+                                                                         source, step):
+    pretrained, _, _, _ = trainer.load_trained(_cfg(reference[0]), step=step,
+                                               partitioner=partitioner_for((1, 1, 1)))
+    state = _fine_tune_start(_cfg(tmp_path, init_from=f"{reference[0]}{source}"))
+    assert int(state["step"]) == 0
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(pretrained)):
+        np.testing.assert_array_equal(jax.device_get(a), jax.device_get(b))
+    moments = [x for x in jax.tree.leaves(state["opt_state"]) if x.ndim > 0]
+    assert moments and not any(np.asarray(x).any() for x in moments)  # Adam's m and v: zeros
+
+
+def test_fine_tune_trains_from_step_0_then_resumes_its_own_checkpoint(reference, tmp_path):
+    ft = tmp_path / "ft"
+    rows = trainer.train(_cfg(ft, steps=2, init_from=str(reference[0])), _inputs(),
+                         partitioner=partitioner_for((1, 1, 1)))
+    ref_evals = [r for r in read_metrics(str(reference[0])) if "eval_loss" in r]
+    # Step 0 evaluates the pretrained parameters: exactly the pretraining run's last eval.
+    assert rows[0]["step"] == 0 and rows[0]["eval_loss"] == ref_evals[-1]["eval_loss"]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    # Resuming reads the fine-tune's own checkpoint; init_from is not looked at again.
+    more = trainer.train(_cfg(ft, steps=3, init_from=str(tmp_path / "gone")), _inputs(),
+                         partitioner=partitioner_for((1, 1, 1)))
+    assert [r["step"] for r in more if "loss" in r] == [3]
+
+
+def test_fine_tune_from_another_model_or_no_checkpoint_is_a_one_line_error(reference, tmp_path):
+    cfg = _cfg(tmp_path, init_from=str(reference[0]))
+    other = dataclasses.replace(cfg, model=dataclasses.replace(MICRO_MODEL, num_layers=3))
+    with pytest.raises(CheckpointMismatchError) as err:
+        _fine_tune_start(other)
+    assert "num_layers: checkpoint 2 vs config 3" in str(err.value)
+    assert "TrainConfig.init_from" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(CheckpointMismatchError, match="no checkpoint under"):
+        _fine_tune_start(_cfg(tmp_path, init_from=str(tmp_path)))
+    with pytest.raises(CheckpointMismatchError, match=r"no checkpoint of step 4 \(it has \[3, 6\]"):
+        _fine_tune_start(_cfg(tmp_path, init_from=str(reference[0]), init_step=4))

@@ -13,8 +13,13 @@ from t5x_like.config.base import ConfigError, _Validated
 OBJECTIVE_FEATURES: dict[str, frozenset[str]] = {
     "causal_lm": frozenset({"targets"}),
     **{name: frozenset({"inputs", "targets"})
-       for name in ("prefix_lm", "span_corruption", "ul2", "ul2r")},
+       for name in ("prefix_lm", "span_corruption", "ul2", "ul2r", "supervised")},
 }
+# The objective whose rows are the (inputs, targets) records of supervised tasks
+# (t5x_like.data.supervised).
+SUPERVISED = "supervised"
+# Mode tokens a supervised task may put in front of its inputs (UL2's paradigm switches).
+MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 Paradigm = Literal["R", "X", "S"]
 SentinelPolicy = Literal["cap", "error"]  # cap: merge spans beyond the sentinels | error: refuse
 MetadataKind = Literal["domain", "url", "value"]
@@ -34,7 +39,9 @@ class ObjectiveConfig(_Validated):
 
     # causal_lm: next-token prediction. prefix_lm: the S-denoiser alone. span_corruption: T5
     # (15% noise, mean span 3). ul2: the paper's seven denoisers, sampled uniformly. ul2r: U-PaLM's
-    # continued-training mixture. Every one but causal_lm needs TASK_FEATURE_LENGTHS inputs+targets.
+    # continued-training mixture. supervised: the (inputs, targets) records of supervised tasks
+    # (TaskConfig.inputs_field/targets_field), for fine-tuning. Every one but causal_lm needs
+    # TASK_FEATURE_LENGTHS inputs+targets.
     name: str = "causal_lm"
     # Overrides the preset's table: (paradigm R|X|S, mean span length, noise rate, mixing rate,
     # mode token or ''). For S, the "noise rate" is the mean target fraction d: the split is
@@ -89,11 +96,19 @@ class TaskConfig(_Validated):
     """One named source of documents (seqio's Task): where its splits live and what to read."""
 
     name: str = "stdlib"
-    # 'stdlib' (the embedded corpus), a path/glob of .jsonl[.gz|.zst], .txt, .parquet or
-    # .array_record files (comma-separated for several), or 'tfds:NAME[/CONFIG][:VERSION]:SPLIT'.
+    # 'stdlib' (the embedded corpus), 'stdlib_signatures' (the embedded supervised task), a
+    # path/glob of .jsonl[.gz|.zst], .txt, .parquet or .array_record files (comma-separated for
+    # several), or 'tfds:NAME[/CONFIG][:VERSION]:SPLIT'.
     train_source: str = "stdlib"
-    eval_source: str = ""  # same syntax; '' = none ('stdlib' has its own validation split)
+    eval_source: str = ""  # same syntax; '' = none (embedded sources: their validation split)
     text_field: str = "text"
+    # A supervised task (ObjectiveConfig.name = 'supervised') reads two fields of each record
+    # instead of text_field: its inputs (a string, may be empty) and its targets (non-blank).
+    # Both '' = a text task.
+    inputs_field: str = ""
+    targets_field: str = ""
+    # A supervised task's mode token, put first in its inputs: '[NLU]', '[NLG]', '[S2S]'; '' = none.
+    mode_token: str = ""
     metadata_fields: tuple[str, ...] = ()  # record fields kept next to the tokens
     # QuRating-style selection: documents are drawn with softmax(score / temperature).
     score_field: str = ""  # '' = every document once per epoch
@@ -104,20 +119,55 @@ class TaskConfig(_Validated):
                       "a non-empty name without '/'")
         self._require(bool(self.train_source), "train_source", "name a source")
         self._require(self.score_temperature > 0, "score_temperature", "must be positive")
+        if bool(self.inputs_field) != bool(self.targets_field):
+            raise ConfigError(
+                f"TaskConfig.inputs_field = {self.inputs_field!r} and TaskConfig.targets_field = "
+                f"{self.targets_field!r} (task {self.name!r}): set both (a supervised task) or "
+                "neither (a text task, read from text_field)")
+        self._require(not self.supervised or self.inputs_field != self.targets_field,
+                      "inputs_field", "the inputs and the targets must be different fields")
+        self._require(not self.mode_token or self.mode_token in MODE_TOKENS, "mode_token",
+                      f"choose one of {MODE_TOKENS} or ''")
+        self._require(not self.mode_token or self.supervised, "mode_token",
+                      "goes in front of a supervised task's inputs: set inputs_field and "
+                      "targets_field, or clear it (denoisers carry their own mode tokens)")
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the task's records are (inputs, targets) pairs."""
+        return bool(self.targets_field)
+
+    @property
+    def document_field(self) -> str:
+        """The field read as each record's document: the text, or a supervised task's targets."""
+        return self.targets_field or self.text_field
+
+
+def builtin_tasks() -> dict[str, TaskConfig]:
+    """The tasks every run may name without defining them: the embedded sources."""
+    return {"stdlib": TaskConfig(),
+            "stdlib_signatures": TaskConfig(name="stdlib_signatures",
+                                            train_source="stdlib_signatures",
+                                            inputs_field="docstring", targets_field="signature")}
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(_Validated):
     """Where the tokens come from and how they become packed rows."""
 
-    # A task or mixture named below, 'stdlib' (the embedded corpus), or a source path/glob
-    # (JSONL, text, Parquet, ArrayRecord or 'tfds:...') read as an unnamed task.
+    # A task or mixture named below, 'stdlib' (the embedded corpus), 'stdlib_signatures' (the
+    # embedded supervised task), or a source path/glob (JSONL, text, Parquet, ArrayRecord or
+    # 'tfds:...') read as an unnamed task.
     mixture_or_task_name: str = "stdlib"
     tasks: tuple[TaskConfig, ...] = ()  # named tasks, e.g. [@code/TaskConfig(), ...] in gin
     mixtures: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> {task: rate}
     eval_files: str = ""  # eval source of an unnamed task given as a path
     text_field: str = "text"  # text field of an unnamed task given as a path
-    # Row budgets: {'targets': L} for causal_lm, {'inputs': Li, 'targets': Lt} for the denoisers;
+    # Fields of an unnamed supervised task given as a path (TaskConfig.inputs_field/targets_field).
+    inputs_field: str = ""
+    targets_field: str = ""
+    # Row budgets: {'targets': L} for causal_lm, {'inputs': Li, 'targets': Lt} for the denoisers
+    # and supervised tasks (whose inputs and targets are cut to them, and counted);
     # 'targets': 'auto' fits Lt to the mixture's targets per input (resolved by gin_loader).
     task_feature_lengths: dict[str, int | Literal["auto"]] = dataclasses.field(
         default_factory=lambda: {"targets": 256})
@@ -148,10 +198,15 @@ class DataConfig(_Validated):
         self._require(not self.streaming or self.pack_window > 0, "pack_window",
                       "streaming packs windows: set a window of pieces, e.g. 10000")
         self._require(self.tokenizer_extra_ids >= 0, "tokenizer_extra_ids", "must be >= 0")
+        if bool(self.inputs_field) != bool(self.targets_field):
+            raise ConfigError(
+                f"DataConfig.inputs_field = {self.inputs_field!r} and DataConfig.targets_field = "
+                f"{self.targets_field!r}: set both (a supervised source) or neither (text, read "
+                "from DataConfig.text_field)")
         names = [t.name for t in self.tasks]
         self._require(len(set(names)) == len(names), "tasks", f"task names repeat: {names}")
         for mixture, rates in self.mixtures.items():
-            unknown = sorted(set(rates) - set(names) - {"stdlib"})
+            unknown = sorted(set(rates) - set(names) - set(builtin_tasks()))
             self._require(not unknown, "mixtures",
                           f"mixture {mixture!r} names unknown tasks {unknown}; defined: {names}")
             self._require(bool(rates) and all(r > 0 for r in rates.values()), "mixtures",
@@ -171,16 +226,21 @@ class DataConfig(_Validated):
         so that its prepared data has a directory of its own.
         """
         name = name or self.mixture_or_task_name
-        by_name = {"stdlib": TaskConfig()} | {t.name: t for t in self.tasks}
+        by_name = builtin_tasks() | {t.name: t for t in self.tasks}
         if name in self.mixtures:
             rates = self.mixtures[name]
             return tuple(by_name[t] for t in rates), tuple(rates.values())
         if name in by_name:
             return (by_name[name],), (1.0,)
         if any(c in name for c in "/.*") or name.startswith("tfds:"):
-            digest = hashlib.sha256(f"{name}|{self.eval_files}|{self.text_field}".encode())
+            key = f"{name}|{self.eval_files}|{self.text_field}"
+            if self.targets_field:  # only then, so that a text task keeps its directory's name
+                key += f"|{self.inputs_field}|{self.targets_field}"
+            digest = hashlib.sha256(key.encode())
             return (TaskConfig(name=f"source-{digest.hexdigest()[:12]}", train_source=name,
-                               eval_source=self.eval_files, text_field=self.text_field),), (1.0,)
+                               eval_source=self.eval_files, text_field=self.text_field,
+                               inputs_field=self.inputs_field,
+                               targets_field=self.targets_field),), (1.0,)
         key = ("mixture_or_task_name" if name == self.mixture_or_task_name
                else "cooldown_mixture_or_task_name")
         raise ConfigError(f"DataConfig.{key} = {name!r} is neither a task ({sorted(by_name)}), "

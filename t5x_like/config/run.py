@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Literal
 
 from t5x_like.config.base import ConfigError, _Validated
-from t5x_like.config.data import OBJECTIVE_FEATURES, DataConfig, ObjectiveConfig
+from t5x_like.config.data import OBJECTIVE_FEATURES, SUPERVISED, DataConfig, ObjectiveConfig
 from t5x_like.config.model import ModelConfig
 
 # Logical axis name -> mesh axes, first match wins per array dimension (T5X/MaxText style).
@@ -159,6 +159,12 @@ class TrainConfig(_Validated):
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
     progress_bar: bool = True  # a tqdm bar when stderr is a terminal
+    # Fine-tuning: a fresh run (no checkpoint in model_dir yet) starts from the parameters of
+    # this MODEL_DIR (our run, or a converted HF / T5X model) or checkpoint directory
+    # (.../checkpoints/N), with fresh optimizer state, data iterator and step 0; the model must
+    # match. Once model_dir has a checkpoint, resuming reads that and ignores init_from.
+    init_from: str = ""
+    init_step: int = -1  # the step of init_from to start from; -1 = its latest
 
     def _validate(self):
         self._require(self.train_steps > 0, "train_steps", "must be positive")
@@ -172,6 +178,9 @@ class TrainConfig(_Validated):
             self._require(getattr(self, name) > 0, name, "must be positive")
         self._require(self.eval_every >= 0, "eval_every", "must be >= 0")
         self._require(self.eval_batches > 0, "eval_batches", "must be positive")
+        self._require(self.init_step >= -1, "init_step", "must be a step >= 0, or -1 (latest)")
+        self._require(self.init_step == -1 or bool(self.init_from), "init_step",
+                      "picks a step of TrainConfig.init_from, which is empty: set it, or -1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +209,7 @@ class RunConfig(_Validated):
             raise ConfigError(f"ObjectiveConfig.pieces_per_row = {self.objective.pieces_per_row}: "
                               "causal_lm pieces are cut only where the row forces it; set 1")
         self._validate_packing()
+        self._validate_supervised()
         if self.data.cooldown_mixture_or_task_name and not self.objective.metadata_field:
             raise ConfigError(
                 f"DataConfig.cooldown_mixture_or_task_name = "
@@ -244,6 +254,37 @@ class RunConfig(_Validated):
             raise ConfigError(f"DataConfig.streaming = True: task {tasks[0].name!r} samples by "
                               f"{tasks[0].score_field!r}, which needs every score up front: set "
                               "streaming=False")
+
+    def _validate_supervised(self) -> None:
+        """The supervised objective reads supervised tasks only, and no other objective does:
+        a text task has no inputs to condition on, and a supervised split's tokens are pairs."""
+        data, name = self.data, self.objective.name
+        if name != SUPERVISED and not (data.targets_field or any(t.supervised for t in data.tasks)
+                                       or data.mixture_or_task_name == "stdlib_signatures"):
+            return  # no supervised task is defined, so none can be read
+        for key in ("mixture_or_task_name", "cooldown_mixture_or_task_name"):
+            if not getattr(data, key):
+                continue
+            tasks, _ = data.tasks_of(getattr(data, key))
+            wrong = [t.name for t in tasks if t.supervised != (name == SUPERVISED)]
+            if wrong and name == SUPERVISED:
+                raise ConfigError(
+                    f"ObjectiveConfig.name = 'supervised' reads (inputs, targets) records, but "
+                    f"DataConfig.{key} = {getattr(data, key)!r} has text tasks {wrong}: set their "
+                    "TaskConfig.inputs_field and targets_field, or choose a text objective")
+            if wrong:
+                raise ConfigError(
+                    f"DataConfig.{key} = {getattr(data, key)!r} has supervised tasks {wrong} "
+                    f"(TaskConfig.inputs_field/targets_field), which only ObjectiveConfig.name "
+                    f"= 'supervised' reads (objective {name!r}): set it, or clear the fields")
+        lengths = data.task_feature_lengths
+        if name == SUPERVISED and min(lengths.values()) < 2:
+            raise ConfigError(f"DataConfig.task_feature_lengths = {lengths!r}: a supervised "
+                              "example needs at least one token and EOS in each budget")
+        if name == SUPERVISED and (self.objective.pieces_per_row > 1 or self.objective.denoisers):
+            raise ConfigError("ObjectiveConfig.pieces_per_row and denoisers shape denoising "
+                              "pieces; a supervised example is one piece, its record: leave "
+                              "them at 1 and ()")
 
     @property
     def schedule_steps(self) -> int:

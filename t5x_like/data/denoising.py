@@ -236,31 +236,22 @@ def _shift_right(targets: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], targets[:-1]]).astype(np.int32)
 
 
-class DenoisingRows(rows.DocumentRows):
-    """Assembles the rows of a denoising plan (picklable, for grain workers)."""
+class ExampleRows(rows.DocumentRows):
+    """Packs (inputs, targets) examples into the rows of a plan, on either architecture: two
+    budgets of an encoder-decoder (decoder inputs shifted right per segment), or one decoder-only
+    prefix-LM row (``objectives.to_decoder_only``). Subclasses define ``_examples(rows_B)``,
+    yielding (row position, inputs, targets) for every piece of those rows in row order: the
+    denoisers' below, supervised records' in ``data/supervised.py``.
+    ``objective`` needs ``encoder_decoder``, ``inputs_length`` and ``budgets``. Picklable."""
 
-    def __init__(self, docs, plan: Plan, objective: Denoising, seed: int = 0, prefixes=None):
+    def __init__(self, docs, plan: Plan, objective, seed: int = 0, prefixes=None):
         """``prefixes``: for a plan with metadata, ``prefixes(doc)`` gives document ``doc``'s
         prefix ids (``t5x_like.data.meco.DocumentPrefixes``); picklable."""
         super().__init__(docs, plan)
         self.objective, self.seed, self.prefixes = objective, seed, prefixes
         if prefixes is None and plan.piece_prefix_len_P.any():
-            raise ValueError("this denoising plan puts metadata prefixes in front of its pieces: "
-                             "pass prefixes=")
-
-    def _examples(self, rows_B: np.ndarray):
-        """(row position, inputs, targets) of every piece of the given rows, in row order."""
-        plan, o = self.plan, self.objective
-        row_of_P, pieces_P = self.row_pieces(rows_B)
-        raw = self.docs.pieces(plan.piece_doc_P[pieces_P], plan.piece_start_P[pieces_P],
-                               plan.piece_len_P[pieces_P])
-        for r, p, tokens in zip(row_of_P, pieces_P, raw):
-            inputs, targets = objectives.build_example(
-                np.asarray(tokens, np.int32), o.denoisers[plan.piece_kind_P[p]],
-                seed=piece_seed(self.seed, int(p)), tokenizer_ids=o.ids,
-                use_mode_token=o.use_mode_tokens, sentinel_policy=o.sentinel_policy,
-                random_roll=o.random_roll, metadata=self._metadata(int(p)))
-            yield r, inputs, targets
+            raise ValueError(f"this {type(objective).__name__} plan puts metadata prefixes in "
+                             "front of its pieces: pass prefixes=")
 
     def _metadata(self, p: int) -> np.ndarray | None:
         """The metadata ids of piece ``p`` (None: none), checked against the plan's length."""
@@ -305,3 +296,21 @@ class DenoisingRows(rows.DocumentRows):
             out["decoder_positions"][r, a:a + n] = np.arange(n)
             dec_fill[r] += n
         return out
+
+
+class DenoisingRows(ExampleRows):
+    """Assembles the rows of a denoising plan (picklable, for grain workers)."""
+
+    def _examples(self, rows_B: np.ndarray):
+        """(row position, inputs, targets) of every piece of the given rows, in row order."""
+        plan, o = self.plan, self.objective
+        row_of_P, pieces_P = self.row_pieces(rows_B)
+        raw = self.docs.pieces(plan.piece_doc_P[pieces_P], plan.piece_start_P[pieces_P],
+                               plan.piece_len_P[pieces_P])
+        for r, p, tokens in zip(row_of_P, pieces_P, raw):
+            inputs, targets = objectives.build_example(
+                np.asarray(tokens, np.int32), o.denoisers[plan.piece_kind_P[p]],
+                seed=piece_seed(self.seed, int(p)), tokenizer_ids=o.ids,
+                use_mode_token=o.use_mode_tokens, sentinel_policy=o.sentinel_policy,
+                random_roll=o.random_roll, metadata=self._metadata(int(p)))
+            yield r, inputs, targets

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Enough examples to diagnose a problem without flooding the log.
 MAX_LOGGED_PER_REASON = 10
+# Field names kept per record that lacks a field: enough to spot a misnamed one.
+MAX_FIELDS_KEPT = 50
 # Buffer for counting newlines before a byte offset: big enough for memchr speed, small in RAM.
 _COUNT_CHUNK = 8 << 20
 
@@ -46,6 +48,9 @@ class ReadStats:
     read: int = 0
     yielded: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Field names of the records skipped for lacking a field, so that an error can say which
+    # fields the records do have.
+    fields_seen: set = dataclasses.field(default_factory=set)
 
     @property
     def total_skipped(self) -> int:
@@ -62,6 +67,7 @@ class ReadStats:
         self.read += other.read
         self.yielded += other.yielded
         self.skipped.update(other.skipped)
+        self.fields_seen |= other.fields_seen
         return self
 
     def as_dict(self) -> dict:
@@ -85,10 +91,12 @@ class SkipLog:
         self.logged: collections.Counter = collections.Counter()
         self.counts: collections.Counter = collections.Counter()
 
-    def skip(self, location: str, detail: str, count: int = 1) -> None:
-        """Count ``count`` records as skipped; ``detail`` is ``"<reason> (<explanation>)"``."""
+    def skip(self, location: str, detail: str, count: int = 1, fields=()) -> None:
+        """Count ``count`` records as skipped; ``detail`` is ``"<reason> (<explanation>)"``;
+        ``fields``: the field names of a record that lacks a field it needs."""
         reason = detail.split(" ", 1)[0]
         self.stats.skipped[reason] += count
+        self.stats.fields_seen.update(list(fields)[:MAX_FIELDS_KEPT])
         self.counts[reason] += count
         if self.logged[reason] < MAX_LOGGED_PER_REASON:
             self.logged[reason] += 1
@@ -130,32 +138,67 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def check_text(value) -> tuple[str | None, str]:
+def check_text(value, role: str = "text", allow_empty: bool = False) -> tuple[str | None, str]:
     """Return ``(text, "")`` if ``value`` is usable document text, else ``(None, "<reason> (...)")``.
 
     ``bytes`` are decoded as UTF-8 (TFDS ``Text`` features and binary Parquet
     columns arrive as bytes). Empty and whitespace-only texts are ``empty_text``:
-    they carry nothing to learn from.
+    they carry nothing to learn from. ``role`` names the value in the reasons
+    (``null_<role>``, ``non_string_<role>``, ``empty_<role>``): ``text``, or a
+    supervised record's ``targets`` and ``inputs``; ``allow_empty`` accepts an
+    empty or blank string (a supervised record's inputs may be empty).
     """
     if value is None:
-        return None, "null_text"
+        return None, f"null_{role}"
     if isinstance(value, (bytes, bytearray, memoryview)):
         try:
             value = bytes(value).decode("utf-8")
         except UnicodeDecodeError as err:
             return None, f"invalid_utf8 (byte offset {err.start})"
     if not isinstance(value, str):
-        return None, f"non_string_text (got {type(value).__name__})"
-    if not value or value.isspace():
-        return None, "empty_text"
+        return None, f"non_string_{role} (got {type(value).__name__})"
+    if not allow_empty and (not value or value.isspace()):
+        return None, f"empty_{role}"
     return value, ""
 
 
-def parse_record(raw: bytes, text_field: str) -> tuple[dict | None, str]:
+_MISSING = object()
+
+
+def check_fields(record, text_field: str,
+                 inputs_field: str = "") -> tuple[str | None, str | None, str]:
+    """``(text, inputs, "")`` of a usable record (a mapping), else
+    ``(None, None, "<reason> (...)")``.
+
+    A text record (``inputs_field`` empty) needs non-blank text in ``text_field``
+    (``missing_text_field``, ``null_text``, ``non_string_text``, ``empty_text``)
+    and gives ``inputs`` None. A supervised record names its targets by
+    ``text_field`` and needs them non-blank (``missing_targets_field``,
+    ``null_targets``, ``non_string_targets``, ``empty_targets``), and a string
+    in ``inputs_field``, which may be empty (``missing_inputs_field``,
+    ``null_inputs``, ``non_string_inputs``).
+    """
+    fields = ((text_field, "targets" if inputs_field else "text", False),) + (
+        ((inputs_field, "inputs", True),) if inputs_field else ())
+    values = []
+    for field, role, allow_empty in fields:
+        value = record.get(field, _MISSING)
+        if value is _MISSING:
+            return None, None, f"missing_{role}_field ({field!r} not in keys {sorted(record)[:8]})"
+        value, detail = check_text(value, role, allow_empty)
+        if value is None:
+            return None, None, detail
+        values.append(value)
+    return values[0], (values[1] if inputs_field else None), ""
+
+
+def parse_record(raw: bytes, text_field: str, inputs_field: str = "") -> tuple[dict | None, str]:
     """Return ``(record, "")`` for a usable JSON object, or ``(None, "<reason> (...)")``.
 
-    Usable: valid UTF-8, a JSON object, ``record[text_field]`` a non-blank
-    ``str`` that is valid Unicode. Used for JSONL lines and ArrayRecord records.
+    Usable: valid UTF-8, a JSON object whose fields pass :func:`check_fields`
+    (``record[text_field]`` a non-blank ``str``; with ``inputs_field``, a
+    supervised record: ``record[inputs_field]`` a ``str`` too), valid Unicode.
+    Used for JSONL lines and ArrayRecord records.
     """
     try:
         line = raw.decode("utf-8")
@@ -167,18 +210,17 @@ def parse_record(raw: bytes, text_field: str) -> tuple[dict | None, str]:
         return None, f"malformed_json ({err.msg} at column {err.colno})"
     if not isinstance(record, dict):
         return None, f"not_an_object (got {type(record).__name__})"
-    if text_field not in record:
-        return None, f"missing_text_field ({text_field!r} not in keys {sorted(record)[:5]})"
-    text, detail = check_text(record[text_field])
+    text, inputs, detail = check_fields(record, text_field, inputs_field)
     if text is None:
         return None, detail
     # A "\ud800" escape decodes to a lone surrogate that no UTF-8 encoder (tokenizer,
     # writer) accepts later; only lines containing such an escape need the check.
     if b"\\ud" in raw or b"\\uD" in raw:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            return None, f"invalid_unicode (lone surrogate at character {err.start})"
+        for value in (text, inputs or ""):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                return None, f"invalid_unicode (lone surrogate at character {err.start})"
     return record, ""
 
 
@@ -219,8 +261,12 @@ def iter_jsonl(
     *,
     start: int = 0,
     stop: int = -1,
+    inputs_field: str = "",
 ) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, record)`` for the usable lines of a JSONL file (1-based line numbers).
+
+    ``inputs_field``: read supervised records, whose targets are ``text_field``
+    (:func:`check_fields`).
 
     With ``start``/``stop`` (plain, uncompressed files only) only the lines that
     *start* in the byte range ``[start, stop)`` are read (``stop=-1``: to the
@@ -249,9 +295,10 @@ def iter_jsonl(
                 pos += len(raw)
                 stats.read += 1
                 raw = raw.rstrip(b"\r\n")
-                record, detail = parse_record(raw, text_field) if raw.strip() else (None, "blank_line")
+                record, detail = (parse_record(raw, text_field, inputs_field) if raw.strip()
+                                  else (None, "blank_line"))
                 if record is None:
-                    skips.skip(f"{name}:{line_no}", detail)
+                    skips.skip(f"{name}:{line_no}", detail, fields=keys_if_missing(raw, detail))
                     continue
                 stats.yielded += 1
                 yield line_no, record
@@ -260,6 +307,13 @@ def iter_jsonl(
             skips.skip(f"{name}:{line_no + 1}", f"unreadable_data (rest of the file lost: {err!r})")
         finally:
             skips.finish()
+
+
+def keys_if_missing(raw: bytes, detail: str) -> list[str]:
+    """The keys of a record skipped for lacking a field (parsed again: such skips are rare)."""
+    if not detail.startswith("missing_"):
+        return []
+    return sorted(json.loads(raw))
 
 
 def read_jsonl(

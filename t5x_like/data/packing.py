@@ -28,6 +28,8 @@ from t5x_like.data import packing_kernels as _k
 from t5x_like.data.plan_files import NpzDataclass
 
 PACKERS = typing.get_args(Packer)
+# Plan.piece_cut_P flags: which part of a supervised example its budget cut.
+CUT_INPUTS, CUT_TARGETS = 1, 2
 
 
 def _check_length(length, name: str = "length") -> int:
@@ -118,6 +120,10 @@ class Plan(NpzDataclass):
     ``row_pieces_P[row_ptr_R1[r]:row_ptr_R1[r + 1]]``, laid out back to back in that order.
     ``piece_prefix_len_P``: metadata prefix tokens the piece carries (0: none);
     ``piece_kind_P``: the denoiser of the piece (0 where an objective has one kind).
+    A supervised example is one piece of two runs: its inputs (``piece_len_P`` tokens from
+    ``piece_start_P``, the document's start) and its targets (``piece_targets_len_P`` tokens from
+    the document's inputs length; 0 for the pieces of other objectives), each cut to its budget
+    if longer: ``piece_cut_P`` flags it (``CUT_INPUTS | CUT_TARGETS``; 0: whole).
     """
 
     budgets_K: np.ndarray
@@ -129,10 +135,12 @@ class Plan(NpzDataclass):
     row_pieces_P: np.ndarray
     piece_prefix_len_P: np.ndarray = None
     piece_kind_P: np.ndarray = None
+    piece_targets_len_P: np.ndarray = None
+    piece_cut_P: np.ndarray = None
 
     def __post_init__(self):
         zeros_P = np.zeros(len(self.piece_len_P), np.int64)
-        for name in ("piece_prefix_len_P", "piece_kind_P"):
+        for name in ("piece_prefix_len_P", "piece_kind_P", "piece_targets_len_P", "piece_cut_P"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, zeros_P)
 

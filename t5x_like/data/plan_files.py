@@ -31,10 +31,11 @@ class NpzDataclass:
 
     @classmethod
     def load(cls: type[T], path: str | os.PathLike) -> T:
-        """Read a file written by :meth:`save`; 0-d fields come back as Python ints."""
+        """Read a file written by :meth:`save`; 0-d fields come back as Python ints. A field with
+        a default that the file lacks (written before the field existed) takes its default."""
         with np.load(path) as data:
             return cls(**{k.name: (int(data[k.name]) if data[k.name].ndim == 0 else data[k.name])
-                          for k in dataclasses.fields(cls)})
+                          for k in dataclasses.fields(cls) if k.name in data.files})
 
 
 def load_or_build(path: pathlib.Path, cls: type[T], build: Callable[[], T]) -> tuple[T, bool]:

@@ -5,6 +5,7 @@ parallel worker processes (one source shard per task) and writes, into one direc
 
     tokens-00000-of-000NN.array_record   one record per chunk of at most CHUNK_TOKENS tokens
     lengths.npy                          int64 token count per document, in corpus order
+    inputs_lengths.npy                   int64 inputs tokens per example (supervised tasks only)
     scores.npy                           float32 per document (only with a score field)
     manifest.json                        written last: the directory is complete iff it exists
 
@@ -12,6 +13,11 @@ A record is ``<u32 header size><JSON header><tokens>``; the header holds the doc
 metadata and location, so a piece of a document costs one or two small reads and never the
 whole (possibly million-token) document. Documents stay in source order whatever the worker
 count, so the same corpus always prepares to the same bytes.
+
+A supervised task's example (``PrepareOptions.inputs_field``) is stored as one document whose
+tokens are its inputs then its targets, uncut (the budgets belong to a run, not to the data),
+with ``inputs_lengths.npy`` marking the split and the raw strings in its first record's header
+(``inputs``, ``targets``), for predictions.
 """
 
 from __future__ import annotations
@@ -31,12 +37,18 @@ from typing import Sequence
 
 import numpy as np
 
+from t5x_like.config import ConfigError
 from t5x_like.data import sources
 from t5x_like.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 1: text documents. 2: supervised examples as well (inputs_lengths.npy, raw strings in the
+# header). Text datasets are still written as 1, their bytes unchanged, so that older code keeps
+# reading them and refuses supervised ones, which it would misread as text.
+FORMAT_VERSION = 2
+TEXT_FORMAT_VERSION = 1
+READABLE_VERSIONS = (TEXT_FORMAT_VERSION, FORMAT_VERSION)
 # Long documents are stored in chunks so that reading one piece never decodes the rest.
 CHUNK_TOKENS = 1 << 16
 # Documents per SentencePiece batch call inside a worker.
@@ -58,6 +70,7 @@ class _ShardJob:
     score_field: str
     token_dtype: str
     data_dir: str | None
+    inputs_field: str = ""
 
 
 def _encode_record(tokens: np.ndarray, header: dict) -> bytes:
@@ -80,21 +93,30 @@ def _score(doc: sources.Document, score_field: str) -> tuple[float, str]:
     return float(value), ""
 
 
-def _flush(docs, tok, job, writer, lengths, scores, stats):
-    """Tokenize a batch of documents and append their chunks to the shard file."""
-    for doc, ids in zip(docs, tok.encode_batch([d.text for d in docs])):
+def _flush(docs, tok, job, writer, out, stats):
+    """Tokenize a batch of documents and append their chunks to the shard file.
+
+    ``out`` collects per document ``lengths``, ``inputs_lengths`` (supervised) and ``scores``.
+    """
+    encoded = tok.encode_batch([d.text for d in docs])
+    inputs = tok.encode_batch([d.inputs for d in docs]) if job.inputs_field else [[]] * len(docs)
+    for doc, ids, input_ids in zip(docs, encoded, inputs):
         if not ids:  # text the tokenizer maps to nothing; count it rather than drop it silently
             stats.yielded -= 1
             stats.skipped["no_tokens"] += 1
             logger.warning("%s: skipping document: no_tokens", doc.location)
             continue
-        tokens = np.asarray(ids, dtype=job.token_dtype)
+        tokens = np.asarray(input_ids + ids, dtype=job.token_dtype)
+        head = {"loc": doc.location, "chunk": 0, "metadata": doc.metadata}
+        if job.inputs_field:
+            head |= {"inputs": doc.inputs, "targets": doc.text}
         for c, start in enumerate(range(0, len(tokens), CHUNK_TOKENS)):
-            header = {"loc": doc.location, "chunk": c, "metadata": doc.metadata} if c == 0 else {"chunk": c}
+            header = head if c == 0 else {"chunk": c}
             writer.write(_encode_record(tokens[start : start + CHUNK_TOKENS], header))
-        lengths.append(len(tokens))
+        out["lengths"].append(len(tokens))
+        out["inputs_lengths"].append(len(input_ids))
         if job.score_field:
-            scores.append(float(doc.metadata[job.score_field]))
+            out["scores"].append(float(doc.metadata[job.score_field]))
 
 
 def _prepare_shard(job: _ShardJob) -> dict:
@@ -103,13 +125,13 @@ def _prepare_shard(job: _ShardJob) -> dict:
 
     tok = Tokenizer(job.tokenizer_path, extra_ids=job.tokenizer_extra_ids, num_threads=1)
     stats = sources.ReadStats()
-    lengths: list[int] = []
-    scores: list[float] = []
+    out: dict[str, list] = {"lengths": [], "inputs_lengths": [], "scores": []}
     writer = ArrayRecordWriter(job.out_path, _WRITER_OPTIONS)
     batch: list[sources.Document] = []
     fields = tuple(dict.fromkeys(job.metadata_fields + ((job.score_field,) if job.score_field else ())))
     for doc in sources.read_documents(job.shard, text_field=job.text_field, metadata_fields=fields,
-                                      stats=stats, data_dir=job.data_dir):
+                                      stats=stats, data_dir=job.data_dir,
+                                      inputs_field=job.inputs_field):
         if job.score_field:
             _, reason = _score(doc, job.score_field)
             if reason:
@@ -119,12 +141,13 @@ def _prepare_shard(job: _ShardJob) -> dict:
                 continue
         batch.append(doc)
         if len(batch) == _ENCODE_BATCH:
-            _flush(batch, tok, job, writer, lengths, scores, stats)
+            _flush(batch, tok, job, writer, out, stats)
             batch = []
-    _flush(batch, tok, job, writer, lengths, scores, stats)
+    _flush(batch, tok, job, writer, out, stats)
     writer.close()
-    return {"lengths": np.asarray(lengths, np.int64), "scores": np.asarray(scores, np.float32),
-            "stats": stats}
+    return {"lengths": np.asarray(out["lengths"], np.int64),
+            "inputs_lengths": np.asarray(out["inputs_lengths"], np.int64),
+            "scores": np.asarray(out["scores"], np.float32), "stats": stats}
 
 
 def source_fingerprint(spec: str, data_dir: str | None = None) -> str:
@@ -143,12 +166,14 @@ def source_fingerprint(spec: str, data_dir: str | None = None) -> str:
 class PrepareOptions:
     """What to read from each record, and how to parallelize."""
 
-    text_field: str = "text"
+    text_field: str = "text"  # the document text, or a supervised task's targets
+    inputs_field: str = ""  # a supervised task's inputs ('' = a text task)
     metadata_fields: tuple[str, ...] = ()
     score_field: str = ""  # a numeric field; documents without a finite value are skipped
     num_workers: int = 0  # 0 = one per core
     progress: bool = True
     data_dir: str | None = None  # where tfds datasets live
+    task: str = ""  # names the task (and split) in error messages, e.g. "'qa', train split"
 
 
 def _run_jobs(jobs: Sequence[_ShardJob], num_workers: int, progress: bool) -> list[dict]:
@@ -181,23 +206,50 @@ def _plan_shards(spec: str, num_workers: int, data_dir: str | None) -> list[sour
     return sources.list_shards(spec, data_dir=data_dir, target_shard_bytes=target)
 
 
-def prepare(spec: str, out_dir: str | os.PathLike, tokenizer: Tokenizer,
-            options: PrepareOptions = PrepareOptions()) -> dict:
-    """Tokenize the documents of ``spec`` into ``out_dir``; return the manifest.
-
-    Reuses ``out_dir`` when its manifest matches the source fingerprint, the tokenizer and the
-    options. Work goes to ``out_dir.partial`` first and is renamed at the end, so a killed run
-    leaves nothing that looks complete.
-    """
-    out_dir = pathlib.Path(out_dir)
+def _identity(spec: str, tokenizer: Tokenizer, options: PrepareOptions) -> dict:
+    """What a prepared directory depends on: reused only while all of it is unchanged."""
     identity = {
-        "format_version": FORMAT_VERSION, "source": spec,
+        "format_version": FORMAT_VERSION if options.inputs_field else TEXT_FORMAT_VERSION,
+        "source": spec,
         "fingerprint": source_fingerprint(spec, options.data_dir),
         "tokenizer": {"hash": tokenizer.file_hash(), "extra_ids": tokenizer.extra_ids,
                       "vocab_size": tokenizer.vocab_size},
         "text_field": options.text_field, "metadata_fields": list(options.metadata_fields),
         "score_field": options.score_field,
     }
+    # Only a supervised split has the key, so that text directories prepared before it existed
+    # keep matching and are reused.
+    return identity | ({"inputs_field": options.inputs_field} if options.inputs_field else {})
+
+
+def _no_usable_record(spec: str, options: PrepareOptions, stats: sources.ReadStats) -> Exception:
+    """The one-line error for a source of which nothing is usable: what was read and skipped,
+    and for a supervised task the fields the records do have, which often shows a misnamed one."""
+    task = f"task {options.task}: " if options.task else ""
+    skipped = dict(sorted(stats.skipped.items()))
+    if not options.inputs_field:
+        return ValueError(f"{task}{spec!r}: no usable document among {stats.read} records read "
+                          f"(skipped: {skipped}); check the text field {options.text_field!r} "
+                          "and the log for file:line details")
+    seen = sorted(stats.fields_seen)[:20] or "not listed: no record lacked a field"
+    return ConfigError(
+        f"{task}{spec!r}: no usable (inputs, targets) example among {stats.read} records read "
+        f"(skipped: {skipped}); inputs_field = {options.inputs_field!r}, targets_field = "
+        f"{options.text_field!r}; the records' fields: {seen}. Name the fields the records "
+        "have (TaskConfig.inputs_field / targets_field), or see the log for file:line details")
+
+
+def prepare(spec: str, out_dir: str | os.PathLike, tokenizer: Tokenizer,
+            options: PrepareOptions = PrepareOptions()) -> dict:
+    """Tokenize the documents of ``spec`` into ``out_dir``; return the manifest.
+
+    Reuses ``out_dir`` when its manifest matches the source fingerprint, the tokenizer and the
+    options. Work goes to ``out_dir.partial`` first and is renamed at the end, so a killed run
+    leaves nothing that looks complete. Raises when no record is usable (for a supervised task a
+    ConfigError, since wrong field names are the usual cause).
+    """
+    out_dir = pathlib.Path(out_dir)
+    identity = _identity(spec, tokenizer, options)
     existing = read_manifest(out_dir)
     if existing is not None and {k: existing.get(k) for k in identity} == identity:
         logger.info("Reusing prepared data in %s (%d documents)", out_dir, existing["documents"])
@@ -212,7 +264,8 @@ def prepare(spec: str, out_dir: str | os.PathLike, tokenizer: Tokenizer,
     names = [f"tokens-{i:05d}-of-{len(shards):05d}.array_record" for i in range(len(shards))]
     jobs = [_ShardJob(s, str(partial / n), str(tokenizer.model_path), tokenizer.extra_ids,
                       options.text_field, tuple(options.metadata_fields), options.score_field,
-                      token_dtype, options.data_dir) for s, n in zip(shards, names)]
+                      token_dtype, options.data_dir, options.inputs_field)
+            for s, n in zip(shards, names)]
     results = _run_jobs(jobs, min(num_workers, len(jobs)), options.progress)
     stats = sources.ReadStats()
     for r in results:
@@ -220,18 +273,21 @@ def prepare(spec: str, out_dir: str | os.PathLike, tokenizer: Tokenizer,
     lengths_D = np.concatenate([r["lengths"] for r in results])
     if not len(lengths_D):
         shutil.rmtree(partial)
-        raise ValueError(f"{spec!r}: no usable document among {stats.read} records read "
-                         f"(skipped: {dict(stats.skipped)}); check the text field "
-                         f"{options.text_field!r} and the log for file:line details")
+        raise _no_usable_record(spec, options, stats)
     np.save(partial / "lengths.npy", lengths_D)
+    counts = {"documents": int(len(lengths_D)), "tokens": int(lengths_D.sum())}
+    if options.inputs_field:
+        inputs_D = np.concatenate([r["inputs_lengths"] for r in results])
+        np.save(partial / "inputs_lengths.npy", inputs_D)
+        counts |= {"inputs_tokens": int(inputs_D.sum()),
+                   "targets_tokens": int(lengths_D.sum() - inputs_D.sum())}
     if options.score_field:
         np.save(partial / "scores.npy", np.concatenate([r["scores"] for r in results]))
     manifest = identity | {
         "tokenizer_path": str(tokenizer.model_path), "token_dtype": token_dtype, "chunk_tokens": CHUNK_TOKENS,
         "shards": [{"file": n, "source": s.label, "documents": len(r["lengths"])}
                    for n, s, r in zip(names, shards, results)],
-        "documents": int(len(lengths_D)), "tokens": int(lengths_D.sum()),
-        "records_read": stats.read, "skipped": dict(stats.skipped),
+        **counts, "records_read": stats.read, "skipped": dict(stats.skipped),
         "seconds": round(time.perf_counter() - start, 2),
     }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -261,13 +317,16 @@ class PreparedDataset:
         if manifest is None:
             raise FileNotFoundError(f"{self.path} is not a prepared dataset (no manifest.json); "
                                     "run `t5x-like prepare` on the source first")
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(f"{self.path} was prepared with format {manifest.get('format_version')}"
-                             f", this code reads {FORMAT_VERSION}; run `t5x-like prepare` again")
+                             f", this code reads {READABLE_VERSIONS}; run `t5x-like prepare` again")
         self.manifest = manifest
         self.token_dtype = manifest["token_dtype"]
         self.chunk_tokens = manifest["chunk_tokens"]
         self.lengths_D = np.load(self.path / "lengths.npy")
+        # A supervised split's inputs tokens per example (its targets follow them); None: text.
+        self.inputs_lengths_D = (np.load(self.path / "inputs_lengths.npy")
+                                 if manifest.get("inputs_field") else None)
         chunks_D = np.maximum(1, -(-self.lengths_D // self.chunk_tokens))
         self.first_record_D = np.concatenate([[0], np.cumsum(chunks_D)[:-1]]).astype(np.int64)
         self._records = grain.sources.ArrayRecordDataSource(
@@ -310,4 +369,14 @@ class PreparedDataset:
 
     def metadata(self, doc: int) -> dict:
         """The metadata fields stored for document ``doc``."""
-        return decode_record(self._records[int(self.first_record_D[doc])], self.token_dtype)[0]["metadata"]
+        return self.header(doc)["metadata"]
+
+    def header(self, doc: int) -> dict:
+        """Document ``doc``'s stored header: ``loc`` (file:line, file#row...), ``metadata`` and,
+        for a supervised example, the raw ``inputs`` and ``targets`` strings."""
+        return decode_record(self._records[int(self.first_record_D[doc])], self.token_dtype)[0]
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the documents are (inputs, targets) examples of a supervised task."""
+        return self.inputs_lengths_D is not None

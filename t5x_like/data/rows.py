@@ -24,6 +24,7 @@ import numpy as np
 
 from t5x_like import config as config_lib
 from t5x_like.config import RunConfig
+from t5x_like.data import packing
 from t5x_like.data.packing import Plan
 from t5x_like.data.plan_files import load_or_build
 from t5x_like.data.prepared import PreparedDataset
@@ -47,10 +48,18 @@ class Documents:
     lengths_D: np.ndarray
     prefix_len_D: np.ndarray | None = None  # metadata prefix ids per document; None: no prefix
     continuation: str = "repeat"  # which pieces of a split document carry the prefix
+    # A supervised split's inputs tokens per example (lengths_D less these are its targets);
+    # None: text documents.
+    inputs_lengths_D: np.ndarray | None = None
 
 
 class RowObjective(Protocol):
-    """An objective's piece cutter, packer and row builder."""
+    """An objective's piece cutter, packer and row builder.
+
+    ``supervised`` (optional, default False): it reads supervised splits, (inputs, targets)
+    examples, rather than text. ``for_task(task)`` (optional): the objective specialised to one
+    task of a mixture (the supervised objective's mode token is the task's).
+    """
 
     kind: str  # names its plan files
 
@@ -111,6 +120,12 @@ def register(*names: str, feature_keys: frozenset[str]):
     return add
 
 
+def for_task(objective: RowObjective, task) -> RowObjective:
+    """``objective`` as it applies to ``task`` (a TaskConfig): its ``for_task``, if it has one."""
+    specialise = getattr(objective, "for_task", None)
+    return specialise(task) if specialise else objective
+
+
 def objective_for(cfg: RunConfig, tokenizer) -> RowObjective:
     """The run's objective, built from its config once."""
     name = cfg.objective.name
@@ -149,6 +164,11 @@ def open_rows(objective: RowObjective, dataset_path: str | os.PathLike, *, seed:
     the plan's pieces still index the dataset's documents.
     """
     dataset = PreparedDataset(dataset_path)
+    if dataset.supervised != bool(getattr(objective, "supervised", False)):
+        what = "supervised (inputs, targets) examples" if dataset.supervised else "text"
+        raise ValueError(f"{dataset_path} holds {what}, which objective {objective.kind!r} does "
+                         "not read: ObjectiveConfig.name = 'supervised' reads supervised tasks "
+                         "(TaskConfig.inputs_field/targets_field), the others text tasks")
     identity = repr((_PLAN_VERSION, objective, seed, window, score_temperature,
                      None if prefixes is None else prefixes.identity))
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -157,9 +177,11 @@ def open_rows(objective: RowObjective, dataset_path: str | os.PathLike, *, seed:
     def build() -> Plan:
         docs_D = (_sampled_documents(dataset, score_temperature, seed or 0)
                   if score_temperature > 0 else np.arange(dataset.num_documents))
+        inputs_D = dataset.inputs_lengths_D
         docs = Documents(dataset.lengths_D[docs_D],
                          None if prefixes is None else prefixes.lengths_D[docs_D],
-                         "repeat" if prefixes is None else prefixes.continuation)
+                         "repeat" if prefixes is None else prefixes.continuation,
+                         None if inputs_D is None else inputs_D[docs_D])
         plan = objective.plan(docs, seed=seed, window=window)
         return dataclasses.replace(plan, piece_doc_P=docs_D[plan.piece_doc_P])
 
@@ -170,10 +192,14 @@ def open_rows(objective: RowObjective, dataset_path: str | os.PathLike, *, seed:
 
 
 def summary(plan: Plan) -> dict:
-    """Rows, fill of each budget and of all positions, distance to the lower bound, cuts."""
+    """Rows, fill of each budget and of all positions, distance to the lower bound, cuts; a
+    supervised plan adds the examples whose inputs, and whose targets, their budget cut."""
     fills = [round(100 * float(f), 4) for f in plan.fill_K]
     out = {"rows": plan.num_rows, "lower_bound_rows": plan.lower_bound,
            "fill_pct": round(100 * plan.fill, 4), "truncated_docs": plan.num_truncated_docs}
     if len(fills) == 2:
         out |= {"inputs_fill_pct": fills[0], "targets_fill_pct": fills[1]}
+    if plan.piece_targets_len_P.any():  # only supervised pieces have a targets run
+        out |= {"cut_inputs": int(np.count_nonzero(plan.piece_cut_P & packing.CUT_INPUTS)),
+                "cut_targets": int(np.count_nonzero(plan.piece_cut_P & packing.CUT_TARGETS))}
     return out

@@ -1,7 +1,8 @@
 """Per-format readers behind :mod:`t5x_like.data.sources` (text, Parquet, ArrayRecord, TFDS).
 
 Each ``iter_*`` function reads one shard and yields ``(text, metadata,
-location)`` triples, counting every record it reads into a
+location, inputs)`` records (``inputs`` None for a text task; a supervised
+task's ``text`` is its targets), counting every record it reads into a
 :class:`~t5x_like.data.jsonl.ReadStats` as yielded or skipped (with the
 reason logged through :class:`~t5x_like.data.jsonl.SkipLog`). Heavy libraries
 (pyarrow, array_record, tensorflow_datasets) are imported only by the format
@@ -16,11 +17,12 @@ import os
 import re
 from typing import Any, Callable, Iterator, Sequence
 
-from t5x_like.data.jsonl import ReadStats, SkipLog, check_text, parse_record
+from t5x_like.data.jsonl import (ReadStats, SkipLog, check_fields, check_text, keys_if_missing,
+                                 parse_record)
 
 logger = logging.getLogger(__name__)
 
-Triple = tuple[str, dict, str]  # (text, metadata, location)
+Record = tuple[str, dict, str, "str | None"]  # (text, metadata, location, inputs)
 # Rows per Parquet batch / records per ArrayRecord or TFDS read: bounded memory even for
 # multi-MB documents, big enough to amortize per-call overhead.
 _BATCH = 256
@@ -75,7 +77,7 @@ class MetadataPicker:
         return metadata
 
 
-def iter_text_file(path: str, metadata_fields: Sequence[str], stats: ReadStats) -> Iterator[Triple]:
+def iter_text_file(path: str, metadata_fields: Sequence[str], stats: ReadStats) -> Iterator[Record]:
     """One plain-text file = one document; the only metadata field is ``path``."""
     skips = SkipLog(path, stats, unit="file")
     stats.read += 1
@@ -87,7 +89,7 @@ def iter_text_file(path: str, metadata_fields: Sequence[str], stats: ReadStats) 
         skips.skip(path, detail)
         return
     stats.yielded += 1
-    yield text, ({"path": path} if "path" in metadata_fields else {}), path
+    yield text, ({"path": path} if "path" in metadata_fields else {}), path, None
 
 
 class UnreadableFile(ValueError):
@@ -154,8 +156,11 @@ def _overlapping_groups(metadata, start: int, stop: int) -> tuple[list[int], int
 
 
 def iter_parquet(path: str, text_field: str, metadata_fields: Sequence[str], stats: ReadStats,
-                 start: int = 0, stop: int = -1) -> Iterator[Triple]:
-    """Rows ``[start, stop)`` of a Parquet file, read batch by batch (never the whole file)."""
+                 start: int = 0, stop: int = -1, inputs_field: str = "") -> Iterator[Record]:
+    """Rows ``[start, stop)`` of a Parquet file, read batch by batch (never the whole file).
+
+    ``inputs_field``: supervised rows, whose targets are ``text_field`` (``jsonl.check_fields``).
+    """
     import pyarrow
 
     try:
@@ -169,14 +174,18 @@ def iter_parquet(path: str, text_field: str, metadata_fields: Sequence[str], sta
     names = set(pf.schema_arrow.names)
     if stop <= start:
         return
-    if text_field not in names:
+    fields = [text_field] + ([inputs_field] if inputs_field else [])
+    _, _, missing = check_fields(dict.fromkeys(names, "x"), *fields)  # only a column can fail
+    if missing:
         # Schema drift between files is a data problem: count the rows, do not crash.
+        absent = next(f for f in fields if f not in names)
         stats.read += stop - start
-        skips.skip(f"{path}#{start}", f"missing_text_field ({text_field!r} not in columns "
-                   f"{sorted(names)[:8]}; all {stop - start} rows)", count=stop - start)
+        skips.skip(f"{path}#{start}", f"{missing.split(' ', 1)[0]} ({absent!r} not in columns "
+                   f"{sorted(names)[:8]}; all {stop - start} rows)", count=stop - start,
+                   fields=sorted(names))
         skips.finish()
         return
-    columns = [text_field] + [f for f in dict.fromkeys(metadata_fields) if f in names and f != text_field]
+    columns = fields + [f for f in dict.fromkeys(metadata_fields) if f in names and f not in fields]
     picker = MetadataPicker(metadata_fields)
     groups, row = _overlapping_groups(metadata, start, stop)
     done = start  # rows before this one are accounted for
@@ -189,12 +198,13 @@ def iter_parquet(path: str, text_field: str, metadata_fields: Sequence[str], sta
                     location = f"{path}#{row + lo + j}"
                     stats.read += 1
                     done = row + lo + j + 1
-                    text, detail = check_text(values[text_field][j])
+                    text, inputs, detail = check_fields({f: values[f][j] for f in fields}, *fields)
                     if text is None:
                         skips.skip(location, detail)
                         continue
                     stats.yielded += 1
-                    yield text, picker.pick(lambda f: values[f][j] if f in values else None, location), location
+                    get = lambda f: values[f][j] if f in values else None  # noqa: E731
+                    yield text, picker.pick(get, location), location, inputs
             row += batch.num_rows
             if row >= stop:
                 break
@@ -231,8 +241,9 @@ def array_record_count(path: str) -> int:
 
 
 def iter_array_record(path: str, text_field: str, metadata_fields: Sequence[str], stats: ReadStats,
-                      start: int = 0, stop: int = -1) -> Iterator[Triple]:
-    """Records ``[start, stop)`` of an ArrayRecord file of UTF-8 JSON objects (JSONL record rules)."""
+                      start: int = 0, stop: int = -1, inputs_field: str = "") -> Iterator[Record]:
+    """Records ``[start, stop)`` of an ArrayRecord file of UTF-8 JSON objects (JSONL record rules,
+    supervised ones with ``inputs_field``)."""
     try:
         reader = _array_record_reader(path)
     except UnreadableFile as err:
@@ -250,12 +261,13 @@ def iter_array_record(path: str, text_field: str, metadata_fields: Sequence[str]
                 if isinstance(raw, Exception):
                     record, detail = None, f"unreadable_data ({raw})"
                 else:
-                    record, detail = parse_record(raw, text_field)
+                    record, detail = parse_record(raw, text_field, inputs_field)
                 if record is None:
-                    skips.skip(location, detail)
+                    skips.skip(location, detail, fields=keys_if_missing(raw, detail))
                     continue
                 stats.yielded += 1
-                yield record[text_field], picker.pick(record.get, location), location
+                yield (record[text_field], picker.pick(record.get, location), location,
+                       record[inputs_field] if inputs_field else None)
     finally:
         reader.close()
         skips.finish()
@@ -333,8 +345,10 @@ def _tfds_source(ref: str, split: str, tfds_dir: str):
 
 
 def iter_tfds(ref: str, split: str, text_field: str, metadata_fields: Sequence[str], stats: ReadStats,
-              start: int = 0, stop: int = -1, data_dir: str | os.PathLike | None = None) -> Iterator[Triple]:
-    """Examples ``[start, stop)`` of a TFDS split via ``tfds.data_source`` (no TensorFlow needed)."""
+              start: int = 0, stop: int = -1, data_dir: str | os.PathLike | None = None,
+              inputs_field: str = "") -> Iterator[Record]:
+    """Examples ``[start, stop)`` of a TFDS split via ``tfds.data_source`` (no TensorFlow needed);
+    supervised ones with ``inputs_field`` (its targets are ``text_field``)."""
     source = _tfds_source(ref, split, _tfds_dir(data_dir))
     stop = len(source) if stop < 0 else min(stop, len(source))
     label = f"tfds:{ref}:{split}"
@@ -344,17 +358,19 @@ def iter_tfds(ref: str, split: str, text_field: str, metadata_fields: Sequence[s
         for lo in range(start, stop, _BATCH):
             indices = list(range(lo, min(lo + _BATCH, stop)))
             for index, example in zip(indices, source.__getitems__(indices)):
-                if text_field not in example:
-                    # Every example has the same features: this is a wrong argument, not bad data.
-                    raise ValueError(f"{label}: no feature {text_field!r}; its features are "
-                                     f"{sorted(example)}; pass one of them as text_field")
+                for field, role in ((text_field, "targets_field" if inputs_field else "text_field"),
+                                    (inputs_field, "inputs_field")):
+                    if field and field not in example:
+                        # Every example has the same features: a wrong argument, not bad data.
+                        raise ValueError(f"{label}: no feature {field!r}; its features are "
+                                         f"{sorted(example)}; pass one of them as {role}")
                 location = f"{label}#{index}"
                 stats.read += 1
-                text, detail = check_text(example[text_field])
+                text, inputs, detail = check_fields(example, text_field, inputs_field)
                 if text is None:
                     skips.skip(location, detail)
                     continue
                 stats.yielded += 1
-                yield text, picker.pick(example.get, location), location
+                yield text, picker.pick(example.get, location), location, inputs
     finally:
         skips.finish()

@@ -83,12 +83,15 @@ class Document:
     """One document: its text, the requested metadata fields present, and where it came from.
 
     ``location`` is ``path:line`` (JSONL), ``path`` (text), ``path#row``
-    (Parquet, ArrayRecord) or ``tfds:name:split#index``.
+    (Parquet, ArrayRecord) or ``tfds:name:split#index``. A supervised record
+    (read with ``inputs_field``) has its targets as ``text`` and its inputs
+    (possibly empty) as ``inputs``; a text document has ``inputs`` None.
     """
 
     text: str
     metadata: dict
     location: str
+    inputs: str | None = None
 
 
 def detect_format(path: str) -> str:
@@ -202,11 +205,14 @@ def read_documents(
     metadata_fields: Sequence[str] = (),
     stats: ReadStats | None = None,
     data_dir: str | os.PathLike | None = None,
+    inputs_field: str = "",
 ) -> Iterator[Document]:
     """Yield the usable documents of one shard, in order.
 
     ``text_field`` names the text (JSON key, Parquet column, TFDS feature;
-    ignored for text files). ``metadata_fields`` are copied into
+    ignored for text files). With ``inputs_field``, records are supervised
+    (inputs, targets) pairs whose targets are ``text_field``
+    (``jsonl.check_fields`` has the rules). ``metadata_fields`` are copied into
     ``Document.metadata`` when present with a JSON scalar value (text files
     offer ``path``). Every record read is counted in ``stats`` as yielded or
     skipped by reason; ``data_dir`` locates TFDS datasets as in
@@ -216,23 +222,30 @@ def read_documents(
     fmt, path = shard.format, shard.path
     if fmt in ("jsonl", "jsonl.gz", "jsonl.zst"):
         picker = source_formats.MetadataPicker(metadata_fields)
-        for line_no, record in jsonl.iter_jsonl(path, text_field, stats, start=shard.start, stop=shard.stop):
+        for line_no, record in jsonl.iter_jsonl(path, text_field, stats, start=shard.start,
+                                                stop=shard.stop, inputs_field=inputs_field):
             location = f"{path}:{line_no}"
-            yield Document(record[text_field], picker.pick(record.get, location), location)
+            yield Document(record[text_field], picker.pick(record.get, location), location,
+                           record[inputs_field] if inputs_field else None)
         return
     if fmt == "text":
-        triples = source_formats.iter_text_file(path, metadata_fields, stats)
+        if inputs_field:
+            raise ValueError(f"{path}: a text file is one document without fields; a supervised "
+                             f"task (inputs_field {inputs_field!r}) reads JSONL, Parquet, "
+                             "ArrayRecord or TFDS records")
+        records = source_formats.iter_text_file(path, metadata_fields, stats)
     elif fmt == "parquet":
-        triples = source_formats.iter_parquet(path, text_field, metadata_fields, stats, shard.start, shard.stop)
+        records = source_formats.iter_parquet(path, text_field, metadata_fields, stats, shard.start,
+                                              shard.stop, inputs_field)
     elif fmt == "array_record":
-        triples = source_formats.iter_array_record(path, text_field, metadata_fields, stats, shard.start,
-                                                   shard.stop)
+        records = source_formats.iter_array_record(path, text_field, metadata_fields, stats,
+                                                   shard.start, shard.stop, inputs_field)
     else:
         ref = path[len("tfds:"):] if path.startswith("tfds:") else path
-        triples = source_formats.iter_tfds(ref, shard.split, text_field, metadata_fields, stats, shard.start,
-                                           shard.stop, data_dir)
-    for text, metadata, location in triples:
-        yield Document(text, metadata, location)
+        records = source_formats.iter_tfds(ref, shard.split, text_field, metadata_fields, stats,
+                                           shard.start, shard.stop, data_dir, inputs_field)
+    for text, metadata, location, inputs in records:
+        yield Document(text, metadata, location, inputs)
 
 
 def read_spec(spec: str, **kwargs) -> Iterator[Document]:

@@ -80,8 +80,9 @@ def _iter_source_files(stdlib: pathlib.Path):
     yield from sorted(relpaths, key=lambda p: p.as_posix())
 
 
-def _manifest_matches(out_dir: pathlib.Path) -> bool:
-    """True iff a complete corpus for this interpreter already exists in ``out_dir``."""
+def is_built(out_dir: pathlib.Path, manifest_version: int) -> bool:
+    """True iff ``out_dir`` holds complete splits written for this interpreter by the builder
+    whose manifest format is ``manifest_version``."""
     manifest_path = out_dir / "manifest.json"
     if not all((out_dir / f"{s}.jsonl").is_file() for s in SPLITS) or not manifest_path.is_file():
         return False
@@ -91,60 +92,92 @@ def _manifest_matches(out_dir: pathlib.Path) -> bool:
         return False
     return (
         manifest.get("python_version") == python_version()
-        and manifest.get("manifest_version") == _MANIFEST_VERSION
+        and manifest.get("manifest_version") == manifest_version
     )
 
 
-def _write_splits(stdlib: pathlib.Path, tmp: dict[str, pathlib.Path]) -> tuple[dict, dict, dict]:
-    """Write one JSON line per stdlib source file to ``tmp[split]``; return counts, bytes, skips."""
-    version = python_version()
+def split_paths(out_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """``{"train": ..., "validation": ..., "manifest": ...}`` paths of a built directory."""
+    return {s: out_dir / f"{s}.jsonl" for s in SPLITS} | {"manifest": out_dir / "manifest.json"}
+
+
+def stdlib_path() -> pathlib.Path:
+    """The running interpreter's standard library directory."""
+    return pathlib.Path(sysconfig.get_paths()["stdlib"])
+
+
+def read_sources(stdlib: pathlib.Path, skipped: dict[str, int]):
+    """Yield ``(relative path, module name, text)`` of every candidate source file, sorted.
+
+    Files that are not UTF-8 (``not_utf8``) or whitespace only (``empty``: an empty
+    ``__init__.py`` carries nothing to learn) are counted in ``skipped``.
+    """
+    for rel in _iter_source_files(stdlib):
+        try:
+            text = (stdlib / rel).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            skipped["not_utf8"] += 1
+            continue
+        if not text.strip():
+            skipped["empty"] += 1
+            continue
+        yield rel, module_name(rel), text
+
+
+def source_url(rel: pathlib.PurePath, line: int = 0) -> str:
+    """The file's URL in CPython's repository at this interpreter's version (and line)."""
+    url = f"https://github.com/python/cpython/blob/v{python_version()}/Lib/{rel.as_posix()}"
+    return f"{url}#L{line}" if line else url
+
+
+def write_splits(out_dir: pathlib.Path, records, manifest) -> dict[str, pathlib.Path]:
+    """Write ``(split, record)`` pairs as JSON lines to ``<out_dir>/<split>.jsonl``, in order.
+
+    ``manifest(counts)`` (records per split) gives the manifest, written last: its presence
+    marks the directory complete. Files are written to temporary names and renamed, so an
+    interrupted build never leaves half-written splits that a later call would trust.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = split_paths(out_dir)
+    tmp = {s: paths[s].with_suffix(f".jsonl.tmp{os.getpid()}") for s in SPLITS}
     counts = {s: 0 for s in SPLITS}
-    nbytes = {s: 0 for s in SPLITS}
-    skipped = {"not_utf8": 0, "empty": 0}
     handles = {s: open(tmp[s], "w", encoding="utf-8") for s in SPLITS}
     try:
-        for rel in _iter_source_files(stdlib):
-            try:
-                text = (stdlib / rel).read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                skipped["not_utf8"] += 1
-                continue
-            # Whitespace-only files (empty __init__.py) carry nothing to learn.
-            if not text.strip():
-                skipped["empty"] += 1
-                continue
-            module = module_name(rel)
-            split = split_of(module)
-            url = f"https://github.com/python/cpython/blob/v{version}/Lib/{rel.as_posix()}"
-            record = {"text": text, "module": module, "url": url}
+        for split, record in records:
             handles[split].write(json.dumps(record, ensure_ascii=False) + "\n")
             counts[split] += 1
-            nbytes[split] += len(text.encode("utf-8"))
     finally:
         for handle in handles.values():
             handle.close()
-    return counts, nbytes, skipped
+    for split in SPLITS:
+        os.replace(tmp[split], paths[split])
+    content = manifest(counts)
+    tmp_manifest = paths["manifest"].with_suffix(f".json.tmp{os.getpid()}")
+    tmp_manifest.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_manifest, paths["manifest"])
+    logger.info("Built %s: %s", out_dir, content)
+    return paths
 
 
 def build_stdlib_corpus(out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
-    """Build (or reuse) the stdlib corpus in ``out_dir``.
+    """Build (or reuse) the stdlib corpus in ``out_dir``: one JSON line per module.
 
-    Returns ``{"train": path, "validation": path, "manifest": path}``. Files are
-    written to temporary names and renamed, so an interrupted build never
-    leaves a half-written corpus that a later call would trust.
+    Returns ``{"train": path, "validation": path, "manifest": path}`` (see :func:`write_splits`).
     """
     out_dir = pathlib.Path(out_dir)
-    paths = {s: out_dir / f"{s}.jsonl" for s in SPLITS}
-    paths["manifest"] = out_dir / "manifest.json"
-    if _manifest_matches(out_dir):
-        return paths
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    tmp = {s: paths[s].with_suffix(f".jsonl.tmp{os.getpid()}") for s in SPLITS}
-    counts, nbytes, skipped = _write_splits(stdlib, tmp)
-    for split in SPLITS:
-        os.replace(tmp[split], paths[split])
-    manifest = {
+    if is_built(out_dir, _MANIFEST_VERSION):
+        return split_paths(out_dir)
+    stdlib = stdlib_path()
+    nbytes = {s: 0 for s in SPLITS}
+    skipped = {"not_utf8": 0, "empty": 0}
+
+    def records():
+        for rel, module, text in read_sources(stdlib, skipped):
+            split = split_of(module)
+            nbytes[split] += len(text.encode("utf-8"))
+            yield split, {"text": text, "module": module, "url": source_url(rel)}
+
+    return write_splits(out_dir, records(), lambda counts: {
         "manifest_version": _MANIFEST_VERSION,
         "python_version": python_version(),
         "source": str(stdlib),
@@ -152,13 +185,7 @@ def build_stdlib_corpus(out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
         "text_bytes": nbytes,
         "skipped": skipped,
         "validation_rule": f"zlib.crc32(module) % {VALIDATION_MODULUS} == 0",
-    }
-    # The manifest is written last: its presence marks the corpus as complete.
-    tmp_manifest = paths["manifest"].with_suffix(f".json.tmp{os.getpid()}")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_manifest, paths["manifest"])
-    logger.info("Built stdlib corpus in %s: %s", out_dir, manifest)
-    return paths
+    })
 
 
 def stdlib_corpus_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:

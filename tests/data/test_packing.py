@@ -495,3 +495,9 @@ def test_plan_files_build_once_and_round_trip_every_plan_kind(tmp_path):
     for a, b in zip((first.row_ptr_R1, first.row_pieces_P), (again.row_ptr_R1, again.row_pieces_P)):
         np.testing.assert_array_equal(a, b)
     assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temp file left behind
+    # A plan written before a field existed loads with the field's default.
+    with np.load(tmp_path / "p.npz") as data:
+        np.savez(tmp_path / "old.npz", **{k: data[k] for k in data.files
+                                          if k not in ("piece_targets_len_P", "piece_cut_P")})
+    old = packing.Plan.load(tmp_path / "old.npz")
+    assert not old.piece_targets_len_P.any() and len(old.piece_cut_P) == len(plan.piece_len_P)

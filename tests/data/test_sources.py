@@ -286,3 +286,18 @@ def test_corrupt_array_record_chunk_costs_only_its_records(tmp_path, caplog):
     lost = stats.skipped["unreadable_data"]
     assert 0 < lost <= 20 and len(docs) == 1000 - lost and stats.accounted
     assert "skipping record: unreadable_data (Corrupted" in caplog.text
+
+
+def test_supervised_records_in_parquet_count_their_reasons(tmp_path, caplog):
+    path = tmp_path / "qa.parquet"
+    pq.write_table(pa.table({"q": ["a", "", None, "d", "e"], "t": ["x", "y", "z", " ", b"\xff"]}),
+                   path, row_group_size=2)
+    with caplog.at_level(logging.WARNING):
+        docs, stats = _read_all(str(path), text_field="t", inputs_field="q")
+    assert [(d.inputs, d.text, d.location) for d in docs] == [
+        ("a", "x", f"{path}#0"), ("", "y", f"{path}#1")]  # empty inputs are an example
+    assert dict(stats.skipped) == {"null_inputs": 1, "empty_targets": 1, "invalid_utf8": 1}
+    assert stats.accounted and f"{path}#2: skipping row: null_inputs" in caplog.text
+    (tmp_path / "a.txt").write_text("text")
+    with pytest.raises(ValueError, match="a text file is one document without fields"):
+        _read_all(str(tmp_path / "a.txt"), inputs_field="q")

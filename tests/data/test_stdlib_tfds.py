@@ -61,6 +61,12 @@ def test_build_and_read_through_sources(tmp_path):
 
     with pytest.raises(ValueError, match="no feature 'body'; its features are"):
         list(sources.read_documents(shards[0], text_field="body", data_dir=str(tmp_path)))
+    # Supervised records: any two features, as (inputs, targets).
+    pairs = [(d.inputs, d.text) for d in sources.read_documents(
+        val, text_field="text", inputs_field="module", data_dir=str(tmp_path))]
+    assert pairs == [("val", "x = 1\n")]
+    with pytest.raises(ValueError, match="no feature 'question'.*as inputs_field"):
+        list(sources.read_documents(val, inputs_field="question", data_dir=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="'no_such_dataset' not found in"):
         sources.list_shards("tfds:no_such_dataset:train", data_dir=str(tmp_path))
     assert "tensorflow" not in sys.modules
