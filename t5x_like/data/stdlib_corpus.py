@@ -24,8 +24,9 @@ import zlib
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
-# Path components that mark test suites or non-stdlib code we do not want.
-_EXCLUDED_DIRS = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__"})
+# Path components that mark test suites (not pretraining text) or code that is not the stdlib's.
+TEST_SUITE_DIRS = frozenset({"test", "tests", "idle_test"})
+_EXCLUDED_DIRS = frozenset({"site-packages", "__pycache__"}) | TEST_SUITE_DIRS
 # One module in VALIDATION_MODULUS goes to validation (~2%).
 VALIDATION_MODULUS = 50
 _MANIFEST_VERSION = 1
@@ -68,12 +69,15 @@ def split_of(module: str) -> str:
     return "validation" if zlib.crc32(module.encode()) % VALIDATION_MODULUS == 0 else "train"
 
 
-def _iter_source_files(stdlib: pathlib.Path):
-    """Yield stdlib-relative paths of candidate ``.py`` files, sorted."""
+def _iter_source_files(stdlib: pathlib.Path, test_suites: bool = False):
+    """Yield stdlib-relative paths of candidate ``.py`` files, sorted: the corpus's, or with
+    ``test_suites`` only those of the test suites it leaves out."""
     relpaths = []
     for path in stdlib.rglob("*.py"):
         rel = path.relative_to(stdlib)
-        if _EXCLUDED_DIRS.intersection(rel.parts[:-1]):
+        dirs = set(rel.parts[:-1])
+        excluded = _EXCLUDED_DIRS - TEST_SUITE_DIRS if test_suites else _EXCLUDED_DIRS
+        if excluded & dirs or (test_suites and not TEST_SUITE_DIRS & dirs):
             continue
         relpaths.append(rel)
     # Sort on the POSIX string so the order does not depend on the filesystem.
@@ -106,13 +110,14 @@ def stdlib_path() -> pathlib.Path:
     return pathlib.Path(sysconfig.get_paths()["stdlib"])
 
 
-def read_sources(stdlib: pathlib.Path, skipped: dict[str, int]):
-    """Yield ``(relative path, module name, text)`` of every candidate source file, sorted.
+def read_sources(stdlib: pathlib.Path, skipped: dict[str, int], test_suites: bool = False):
+    """Yield ``(relative path, module name, text)`` of every candidate source file, sorted
+    (with ``test_suites``: of the test suites instead, which the corpus leaves out).
 
     Files that are not UTF-8 (``not_utf8``) or whitespace only (``empty``: an empty
     ``__init__.py`` carries nothing to learn) are counted in ``skipped``.
     """
-    for rel in _iter_source_files(stdlib):
+    for rel in _iter_source_files(stdlib, test_suites):
         try:
             text = (stdlib / rel).read_bytes().decode("utf-8")
         except UnicodeDecodeError:

@@ -17,7 +17,10 @@ level) of a public module (no dotted part starting with ``_``) that has a docstr
 - Pairs repeated verbatim (the same docstring and signature in two places) are kept once, the
   first in sorted file order; the split follows the module of the kept one.
 - Split: ``stdlib_corpus.split_of(module)``, the pretraining corpus's hash of the module name,
-  so validation functions come from modules the quick-start model never pretrained on.
+  and every function of the test suites (``test/``, ``tests/``, ``idle_test/``, which the
+  corpus leaves out) goes to validation too: every validation function comes from a module the
+  quick-start model never pretrained on. The held-out modules alone give a few dozen examples,
+  too few to tell a model from another by exact match; the test suites add about 1,400.
 
 Written to ``<data_dir>/stdlib_signatures/{train,validation}.jsonl`` on first use; the manifest
 counts examples per split and everything left out, by reason.
@@ -26,6 +29,7 @@ counts examples per split and everything left out, by reason.
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import pathlib
 import re
@@ -37,7 +41,7 @@ NAME = "stdlib_signatures"
 INPUTS_FIELD, TARGETS_FIELD = "docstring", "signature"
 # The 99th percentile of first paragraphs is ~390 characters: a cap that cuts only outliers.
 MAX_DOCSTRING_CHARS = 512
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2  # 2: the test suites' functions join the validation split
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
@@ -76,7 +80,11 @@ def public_functions(tree: ast.Module) -> Iterator[tuple[str, ast.FunctionDef]]:
 def _records(stdlib: pathlib.Path, counts: dict[str, int]) -> Iterator[tuple[str, dict]]:
     """``(split, record)`` of every example, in sorted file order; ``counts`` what was left."""
     seen: set[tuple[str, str]] = set()
-    for rel, module, text in stdlib_corpus.read_sources(stdlib, counts):
+    sources = itertools.chain(  # (split, rel, module, text); None: by the module's hash
+        ((None, *source) for source in stdlib_corpus.read_sources(stdlib, counts)),
+        (("validation", *source) for source in stdlib_corpus.read_sources(
+            stdlib, counts, test_suites=True)))
+    for split, rel, module, text in sources:
         if any(part.startswith("_") for part in module.split(".")):
             counts["private_modules"] += 1
             continue
@@ -100,7 +108,7 @@ def _records(stdlib: pathlib.Path, counts: dict[str, int]) -> Iterator[tuple[str
                 continue
             seen.add(pair)
             counts["docstrings_capped"] += capped
-            yield stdlib_corpus.split_of(module), {
+            yield split or stdlib_corpus.split_of(module), {
                 INPUTS_FIELD: inputs, TARGETS_FIELD: pair[1], "module": module,
                 "qualname": qualname, "url": stdlib_corpus.source_url(rel, node.lineno)}
 
@@ -123,7 +131,8 @@ def build_stdlib_signatures(out_dir: str | os.PathLike) -> dict[str, pathlib.Pat
         "fields": {"inputs": INPUTS_FIELD, "targets": TARGETS_FIELD},
         "max_docstring_chars": MAX_DOCSTRING_CHARS,
         **counts,
-        "validation_rule": f"zlib.crc32(module) % {stdlib_corpus.VALIDATION_MODULUS} == 0",
+        "validation_rule": f"zlib.crc32(module) % {stdlib_corpus.VALIDATION_MODULUS} == 0, "
+                           "or a module of the test suites",
     })
 
 
