@@ -4,7 +4,10 @@
     t5x-like prepare --gin.MIXTURE_OR_TASK_NAME="'data/*.jsonl.zst'" --gin.DataConfig.eval_files=...
     t5x-like train --gin_file=runs/pretrain.gin --gin.TRAIN_STEPS=100 --gin.MODEL_DIR=/tmp/run
     t5x-like eval --gin.MODEL_DIR=/tmp/run
-    t5x-like generate --model_dir=/tmp/run "def fibonacci(n):"
+    t5x-like generate --model_dir=/tmp/run "def fibonacci(n):" [--num_beams=4]
+    t5x-like train --gin_file=runs/finetune.gin     # fine-tune runs/default on a supervised task
+    t5x-like infer --gin_file=runs/finetune.gin     # predictions.jsonl + the task's metrics
+    t5x-like score --gin_file=runs/finetune.gin     # log-likelihood of the given targets
     t5x-like convert --from hf --to t5x_like ./t5-v1_1-base /tmp/t5base   # see docs/convert.md
     t5x-like inspect /tmp/run
     t5x-like compile --topology=v5e-256 --gin_file=runs/llama3_8b_fsdp.gin   # fits? (needs libtpu)
@@ -57,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     tokenizer_cli.add_parser(sub)
     from t5x_like.convert import cli as convert_cli
     convert_cli.add_parsers(sub)
+    from t5x_like import infer_cli
+    infer_cli.add_parsers(sub)
     gen = sub.add_parser("generate", help="sample a continuation from a checkpoint")
     gen.add_argument("prompt")
     gen.add_argument("--model_dir", required=True, help="MODEL_DIR of a training run")
@@ -153,8 +158,9 @@ def cmd_prepare(args, flags) -> int:
 
 
 def cmd_eval(args, flags) -> int:
-    """Print eval metrics of MODEL_DIR's latest checkpoint as JSON."""
-    from t5x_like import inputs, trainer
+    """Print eval metrics of MODEL_DIR's latest checkpoint as JSON: loss metrics over the eval
+    split, and the decoded metrics of its supervised tasks (TaskConfig.metrics)."""
+    from t5x_like import inference, inputs, trainer
     cfg = _load(args, flags)
     primary = _join(cfg)
     batches = inputs.build_eval_batches(cfg, metadata=args.metadata)
@@ -162,6 +168,10 @@ def cmd_eval(args, flags) -> int:
     eval_step = trainer.compile_eval_step(graphdef, params, partitioner, batches[0],
                                           cfg.train.batch_size)
     metrics = trainer.evaluate(eval_step, params, batches, partitioner)
+    task_evaluator = inference.TaskEvaluator(cfg, graphdef, partitioner,
+                                             cfg.infer.max_examples)
+    if task_evaluator:
+        metrics |= task_evaluator(params, step)
     if primary:
         print(json.dumps({"step": step, **metrics}))
     return 0
@@ -253,10 +263,13 @@ def main(argv: list[str] | None = None) -> int:
             return tokenizer_cli.run(args)
         if args.command == "generate" and "MODEL_DIR" in flags:
             raise ConfigError("generate takes --model_dir, not --gin.MODEL_DIR")
+        from t5x_like import infer_cli
         from t5x_like.convert import cli as convert_cli
         command = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                    "prepare": cmd_prepare, "convert": convert_cli.cmd_convert,
-                   "inspect": convert_cli.cmd_inspect, "compile": cmd_compile}[args.command]
+                   "inspect": convert_cli.cmd_inspect, "compile": cmd_compile,
+                   "infer": infer_cli.cmd_infer, "score": infer_cli.cmd_score,
+                   "lm_eval": infer_cli.cmd_lm_eval}[args.command]
         return command(args, flags)
     except ConfigError as e:
         print(f"t5x-like: configuration error: {e}", file=sys.stderr)
@@ -272,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands that run compiled steps on this host, and so profit from `host_memory`.
-_STEP_COMMANDS = ("train", "eval", "generate")
+_STEP_COMMANDS = ("train", "eval", "generate", "infer", "score", "lm_eval")
 
 
 def entry() -> int:

@@ -171,22 +171,26 @@ class Generator:
         return self.partitioner.data_parallel_size if self.partitioner else 1
 
     def _run(self, fn, key: tuple, arrays: tuple[np.ndarray, ...], scalars: tuple, **static):
-        """`fn(params, *arrays, *scalars, graphdef=..., **static)`, jitted once per key."""
+        """`fn(params, *arrays, *scalars, graphdef=..., **static)`, jitted once per key.
+
+        Every process passes the same whole batch (decoding is SPMD when the mesh spans
+        processes) and gets every row back."""
         if key not in self._compiled:
             jitted = functools.partial(fn, graphdef=self.graphdef, **static)
             if self.partitioner is None:
                 self._compiled[key] = jax.jit(jitted)
             else:
                 shardings = jax.tree.map(lambda x: x.sharding, self.params)
-                batch = self.partitioner.batch_sharding
+                batch, replicated = self.partitioner.batch_sharding, self.partitioner.replicated()
                 self._compiled[key] = jax.jit(
                     jitted, in_shardings=(shardings,) + (batch,) * len(arrays)
-                    + (self.partitioner.replicated(),) * len(scalars))
+                    + (replicated,) * len(scalars), out_shardings=replicated)
         if self.partitioner is None:
             return self._compiled[key](self.params, *arrays, *scalars)
         with self.partitioner.activation_context():
-            return self._compiled[key](self.params, *self.partitioner.global_batch(
-                dict(enumerate(arrays))).values(), *scalars)
+            batch = self.partitioner.batch_sharding
+            return self._compiled[key](self.params, *(jax.device_put(a, batch) for a in arrays),
+                                       *scalars)
 
     def layout(self, prompts: Sequence[Sequence[int]], prompt_length: int = 0
                ) -> tuple[np.ndarray, np.ndarray, int]:

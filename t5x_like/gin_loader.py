@@ -26,7 +26,7 @@ from t5x_like.config import ConfigError, RunConfig
 _PARTS = {"model": cfg_lib.ModelConfig, "mesh": cfg_lib.MeshConfig,
           "optimizer": cfg_lib.OptimizerConfig, "data": cfg_lib.DataConfig,
           "train": cfg_lib.TrainConfig, "objective": cfg_lib.ObjectiveConfig,
-          "distributed": cfg_lib.DistributedConfig}
+          "distributed": cfg_lib.DistributedConfig, "infer": cfg_lib.InferConfig}
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_GIN_FILE = "runs/pretrain.gin"
 _registered: dict[str, object] = {}

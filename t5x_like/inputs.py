@@ -177,7 +177,7 @@ def build_eval_batches(cfg: RunConfig, tokenizer: Tokenizer | None = None,
     batches = []
     for task in _eval_tasks(cfg):
         batches += pipeline.eval_batches(task_rows(cfg, objective, task, "eval", tokenizer, metadata),
-                                         max_batches=cfg.train.eval_batches, **_shard_args(cfg))
+                                         max_batches=cfg.train.eval_batches or None, **_shard_args(cfg))
     return batches
 
 

@@ -266,9 +266,12 @@ def load_trained(cfg: RunConfig, *, model_factory=None, partitioner: Partitioner
 
 
 def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
-          partitioner: Partitioner | None = None) -> list[dict[str, Any]]:
+          partitioner: Partitioner | None = None, task_evaluator=None) -> list[dict[str, Any]]:
     """Train to cfg.train.train_steps (resuming from MODEL_DIR's latest checkpoint); the rows
-    written to metrics.jsonl are returned."""
+    written to metrics.jsonl are returned.
+
+    ``task_evaluator(params, step) -> metrics`` adds to every eval pass; by default the decoded
+    metrics of the run's supervised tasks when InferConfig.train_eval_examples asks for them."""
     # ---------------------------------------------------------------- setup
     tc = cfg.train
     factory = model_factory or default_model_factory(cfg)
@@ -299,6 +302,14 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
     train_step = compile_train_step(cfg, layout, partitioner, tx, schedule, first_batch)
     eval_step = compile_eval_step(layout.graphdef, state["params"], partitioner,
                                   inputs.eval_batches[0], tc.batch_size)
+    if task_evaluator is None and cfg.infer.train_eval_examples:
+        from t5x_like.inference import TaskEvaluator
+        task_evaluator = TaskEvaluator(cfg, layout.graphdef, partitioner,
+                                       cfg.infer.train_eval_examples) or None
+
+    def eval_metrics(params, step: int) -> dict[str, float]:
+        metrics = evaluate(eval_step, params, inputs.eval_batches, partitioner)
+        return metrics | (task_evaluator(params, step) if task_evaluator else {})
 
     # ---------------------------------------------------------------- loop
     writer = MetricsWriter(tc.model_dir, enabled=primary)
@@ -307,8 +318,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
                             partitioner.mesh.size, progress)
     log.info("MFU denominator: %s", reporter.peak_source)
     if start == 0:
-        reporter.log_eval(0, evaluate(eval_step, state["params"], inputs.eval_batches,
-                                      partitioner))
+        reporter.log_eval(0, eval_metrics(state["params"], 0))
     sources = SourceTokens(inputs.task_names)
     pending, (batch, extras) = None, (first_batch, first_extras)
     preemption = distributed.PreemptionGuard()
@@ -328,8 +338,7 @@ def train(cfg: RunConfig, inputs: Inputs, *, model_factory=None,
                 reporter(*pending)  # the state is known finite before anything uses it
                 pending = None
                 if eval_due:
-                    reporter.log_eval(step, evaluate(eval_step, state["params"],
-                                                     inputs.eval_batches, partitioner))
+                    reporter.log_eval(step, eval_metrics(state["params"], step))
                 checkpointer.save(step, state, inputs.train_iter, cfg.model.to_dict(),
                                   force=last or preempted)
             if preempted:

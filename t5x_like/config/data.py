@@ -18,6 +18,8 @@ OBJECTIVE_FEATURES: dict[str, frozenset[str]] = {
 # The objective whose rows are the (inputs, targets) records of supervised tasks
 # (t5x_like.data.supervised).
 SUPERVISED = "supervised"
+# Metrics of decoded outputs a task may declare (t5x_like.task_metrics).
+METRIC_NAMES = ("exact_match", "accuracy", "bleu", "rouge")
 # Mode tokens a supervised task may put in front of its inputs (UL2's paradigm switches).
 MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 Paradigm = Literal["R", "X", "S"]
@@ -109,6 +111,10 @@ class TaskConfig(_Validated):
     targets_field: str = ""
     # A supervised task's mode token, put first in its inputs: '[NLU]', '[NLG]', '[S2S]'; '' = none.
     mode_token: str = ""
+    # Metrics of a supervised task's decoded eval split (seqio's metric_fns): any of
+    # METRIC_NAMES, computed by `t5x-like infer`, `eval` and training's eval passes
+    # (InferConfig.train_eval_examples).
+    metrics: tuple[str, ...] = ()
     metadata_fields: tuple[str, ...] = ()  # record fields kept next to the tokens
     # QuRating-style selection: documents are drawn with softmax(score / temperature).
     score_field: str = ""  # '' = every document once per epoch
@@ -128,6 +134,11 @@ class TaskConfig(_Validated):
                       "inputs_field", "the inputs and the targets must be different fields")
         self._require(not self.mode_token or self.mode_token in MODE_TOKENS, "mode_token",
                       f"choose one of {MODE_TOKENS} or ''")
+        unknown = sorted(set(self.metrics) - set(METRIC_NAMES))
+        self._require(not unknown, "metrics", f"unknown {unknown}; choose from {METRIC_NAMES}")
+        self._require(not self.metrics or self.supervised, "metrics",
+                      "score decoded targets: a supervised task's (set inputs_field and "
+                      "targets_field)")
         self._require(not self.mode_token or self.supervised, "mode_token",
                       "goes in front of a supervised task's inputs: set inputs_field and "
                       "targets_field, or clear it (denoisers carry their own mode tokens)")
@@ -148,7 +159,8 @@ def builtin_tasks() -> dict[str, TaskConfig]:
     return {"stdlib": TaskConfig(),
             "stdlib_signatures": TaskConfig(name="stdlib_signatures",
                                             train_source="stdlib_signatures",
-                                            inputs_field="docstring", targets_field="signature")}
+                                            inputs_field="docstring", targets_field="signature",
+                                            metrics=("exact_match",))}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from t5x_like.config.base import ConfigError, _Validated
 from t5x_like.config.data import OBJECTIVE_FEATURES, SUPERVISED, DataConfig, ObjectiveConfig
+from t5x_like.config.infer import InferConfig
 from t5x_like.config.model import ModelConfig
 
 # Logical axis name -> mesh axes, first match wins per array dimension (T5X/MaxText style).
@@ -154,7 +155,8 @@ class TrainConfig(_Validated):
     seed: int = 0  # parameter initialization
     log_every: int = 10  # steps between metric lines
     eval_every: int = 100  # steps between eval passes; 0 = only at the end
-    eval_batches: int = 4  # batches per eval pass (the eval split is deterministic)
+    # Batches per eval pass, from the start of the (deterministic) eval split; 0 = all of it.
+    eval_batches: int = 0
     checkpoint_every: int = 100  # steps between checkpoints; the last step always saves
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
@@ -177,7 +179,7 @@ class TrainConfig(_Validated):
         for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
             self._require(getattr(self, name) > 0, name, "must be positive")
         self._require(self.eval_every >= 0, "eval_every", "must be >= 0")
-        self._require(self.eval_batches > 0, "eval_batches", "must be positive")
+        self._require(self.eval_batches >= 0, "eval_batches", "must be >= 0 (0 = the whole split)")
         self._require(self.init_step >= -1, "init_step", "must be a step >= 0, or -1 (latest)")
         self._require(self.init_step == -1 or bool(self.init_from), "init_step",
                       "picks a step of TrainConfig.init_from, which is empty: set it, or -1")
@@ -194,6 +196,7 @@ class RunConfig(_Validated):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
+    infer: InferConfig = dataclasses.field(default_factory=InferConfig)
 
     def _validate(self):
         lengths, name = self.data.task_feature_lengths, self.objective.name

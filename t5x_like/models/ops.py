@@ -72,6 +72,11 @@ class Kernels:
         """Whether projections and RoPE take XLA:CPU's orders (only with the cpu kernel)."""
         return self._requested() == "cpu"
 
+    def _cpu_stacked(self, x_BxLxD: jax.Array) -> bool:
+        """Whether the fused CPU projections serve `x`: not for a decode step (one token per
+        row), where stacking the kernels costs a copy of them per step and buys nothing."""
+        return self.cpu_tuned and x_BxLxD.shape[1] > 1
+
     # ------------------------------------------------------------------ projections
     def dense(self, x: jax.Array, kernel: jax.Array, num_in: int = 1,
               name: str | None = None) -> jax.Array:
@@ -85,7 +90,7 @@ class Kernels:
 
     def qkv(self, x_BxLxD, query_DxHxE, key_DxKxE, value_DxKxE):
         """Query, key and value projections."""
-        if self.cpu_tuned:
+        if self._cpu_stacked(x_BxLxD):
             q, k, v = cpu_kernels.qkv(x_BxLxD, query_DxHxE, key_DxKxE, value_DxKxE)
             return tuple(checkpoint_name(t, n) for t, n in
                          zip((q, k, v), ("query_proj", "key_proj", "value_proj")))
@@ -95,7 +100,7 @@ class Kernels:
 
     def gate_up(self, x_BxLxD, gate_DxF, up_DxF):
         """The gated MLP's two input projections."""
-        if self.cpu_tuned:
+        if self._cpu_stacked(x_BxLxD):
             gate, up = cpu_kernels.gate_up(x_BxLxD, gate_DxF, up_DxF)
             return checkpoint_name(gate, "mlp_gate"), checkpoint_name(up, "mlp_up")
         return (self.dense(x_BxLxD, gate_DxF, name="mlp_gate"),
