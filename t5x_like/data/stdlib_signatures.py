@@ -17,10 +17,11 @@ level) of a public module (no dotted part starting with ``_``) that has a docstr
 - Pairs repeated verbatim (the same docstring and signature in two places) are kept once, the
   first in sorted file order; the split follows the module of the kept one.
 - Split: ``stdlib_corpus.split_of(module)``, the pretraining corpus's hash of the module name,
-  and every function of the test suites (``test/``, ``tests/``, ``idle_test/``, which the
-  corpus leaves out) goes to validation too: every validation function comes from a module the
-  quick-start model never pretrained on. The held-out modules alone give a few dozen examples,
-  too few to tell a model from another by exact match; the test suites add about 1,400.
+  so the corpus's validation modules stay out of training. The held-out modules alone give a
+  few dozen examples, too few to tell one model from another by exact match, so the test suites
+  (``test/``, ``tests/``, ``idle_test/``, which the corpus leaves out) join too, split half and
+  half by module (``crc32 % 2``): every validation function comes from a module the quick-start
+  model never pretrained on, and training sees test code like the validation's.
 
 Written to ``<data_dir>/stdlib_signatures/{train,validation}.jsonl`` on first use; the manifest
 counts examples per split and everything left out, by reason.
@@ -33,6 +34,7 @@ import itertools
 import os
 import pathlib
 import re
+import zlib
 from typing import Iterator
 
 from t5x_like.data import stdlib_corpus
@@ -41,7 +43,7 @@ NAME = "stdlib_signatures"
 INPUTS_FIELD, TARGETS_FIELD = "docstring", "signature"
 # The 99th percentile of first paragraphs is ~390 characters: a cap that cuts only outliers.
 MAX_DOCSTRING_CHARS = 512
-_MANIFEST_VERSION = 2  # 2: the test suites' functions join the validation split
+_MANIFEST_VERSION = 2  # 2: the test suites' functions join, half of their modules validating
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
@@ -77,13 +79,19 @@ def public_functions(tree: ast.Module) -> Iterator[tuple[str, ast.FunctionDef]]:
                     yield f"{node.name}.{item.name}", item
 
 
+def _test_suite_split(module: str) -> str:
+    """Half the test-suite modules validate, by a stable hash of the name."""
+    return "validation" if zlib.crc32(module.encode()) % 2 else "train"
+
+
 def _records(stdlib: pathlib.Path, counts: dict[str, int]) -> Iterator[tuple[str, dict]]:
     """``(split, record)`` of every example, in sorted file order; ``counts`` what was left."""
     seen: set[tuple[str, str]] = set()
-    sources = itertools.chain(  # (split, rel, module, text); None: by the module's hash
-        ((None, *source) for source in stdlib_corpus.read_sources(stdlib, counts)),
-        (("validation", *source) for source in stdlib_corpus.read_sources(
-            stdlib, counts, test_suites=True)))
+    sources = itertools.chain(  # (split, rel, module, text)
+        ((stdlib_corpus.split_of(source[1]), *source)
+         for source in stdlib_corpus.read_sources(stdlib, counts)),
+        ((_test_suite_split(source[1]), *source)
+         for source in stdlib_corpus.read_sources(stdlib, counts, test_suites=True)))
     for split, rel, module, text in sources:
         if any(part.startswith("_") for part in module.split(".")):
             counts["private_modules"] += 1
@@ -108,7 +116,7 @@ def _records(stdlib: pathlib.Path, counts: dict[str, int]) -> Iterator[tuple[str
                 continue
             seen.add(pair)
             counts["docstrings_capped"] += capped
-            yield split or stdlib_corpus.split_of(module), {
+            yield split, {
                 INPUTS_FIELD: inputs, TARGETS_FIELD: pair[1], "module": module,
                 "qualname": qualname, "url": stdlib_corpus.source_url(rel, node.lineno)}
 
@@ -131,8 +139,8 @@ def build_stdlib_signatures(out_dir: str | os.PathLike) -> dict[str, pathlib.Pat
         "fields": {"inputs": INPUTS_FIELD, "targets": TARGETS_FIELD},
         "max_docstring_chars": MAX_DOCSTRING_CHARS,
         **counts,
-        "validation_rule": f"zlib.crc32(module) % {stdlib_corpus.VALIDATION_MODULUS} == 0, "
-                           "or a module of the test suites",
+        "validation_rule": f"zlib.crc32(module) % {stdlib_corpus.VALIDATION_MODULUS} == 0; "
+                           "test-suite modules: zlib.crc32(module) % 2 == 1",
     })
 
 
