@@ -143,10 +143,34 @@ class ShardedOutput:
                 for line in self.shard_path(s).read_text().splitlines()]
 
 
-def _progress(total: int, done: int, what: str):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=done, unit="ex", desc=what, dynamic_ncols=True,
-                disable=jax.process_index() != 0 or not sys.stderr.isatty())
+def _fill(out: ShardedOutput, batch_size: int, rows_of, what: str, progress: bool
+          ) -> list[dict]:
+    """Write every pending shard, ``rows_of(indices)`` per batch of example indices (with a
+    progress bar on a terminal); every shard's rows in order on process 0, [] elsewhere."""
+    pending = out.pending()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=out.num_examples, unit="ex", desc=what, dynamic_ncols=True,
+                   initial=out.num_examples - sum(len(out.span(s)) for s in pending),
+                   disable=jax.process_index() != 0 or not sys.stderr.isatty())
+    for s in pending:
+        rows, span = [], out.span(s)
+        for start in range(span.start, span.stop, batch_size):
+            indices = list(range(start, min(start + batch_size, span.stop)))
+            rows += rows_of(indices)
+            if bar is not None:
+                bar.update(len(indices))
+        out.write(s, rows)
+    if bar is not None:
+        bar.close()
+    return out.merged() if jax.process_index() == 0 else []
+
+
+def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
+    if jax.process_index() == 0:
+        fileio.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                               for r in rows))
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,33 +204,21 @@ def predict(cfg: RunConfig, examples, generator: Generator, tokenizer, out_dir: 
     settings = {k: v for k, v in dataclasses.asdict(ic).items()
                 if k not in ("output_dir", "train_eval_examples", "max_examples")}
     out.check_spec({"task": task.name, "step": step, "examples": num, **settings})
-    pending = out.pending()
-    bar = _progress(num, num - sum(len(out.span(s)) for s in pending),
-                    f"{task.name} predictions") if progress else None
-    for s in pending:
-        rows = []
-        for start in range(out.span(s).start, out.span(s).stop, ic.batch_size):
-            indices = list(range(start, min(start + ic.batch_size, out.span(s).stop)))
-            pairs = examples.batch(indices)
-            prompts = [prompt_of(inputs, generator.encoder_decoder) for inputs, _ in pairs]
-            for i, result in zip(indices, _decode_batch(generator, prompts, ic, max_new,
-                                                        prompt_length)):
-                inputs_text, targets_text = examples.text(i)
-                rows.append({"index": i, "inputs": inputs_text, "targets": targets_text,
-                             "prediction": tokenizer.decode(result.tokens),
-                             "score": result.score, "location": examples.location(i)})
-            if bar is not None:
-                bar.update(len(indices))
-        out.write(s, rows)
-    if bar is not None:
-        bar.close()
-    rows = out.merged() if jax.process_index() == 0 else []
+
+    def rows_of(indices):
+        pairs = examples.batch(indices)
+        prompts = [prompt_of(inputs, generator.encoder_decoder) for inputs, _ in pairs]
+        results = _decode_batch(generator, prompts, ic, max_new, prompt_length)
+        return [{"index": i, **dict(zip(("inputs", "targets"), examples.text(i))),
+                 "prediction": tokenizer.decode(r.tokens), "score": r.score,
+                 "location": examples.location(i)} for i, r in zip(indices, results)]
+
+    rows = _fill(out, ic.batch_size, rows_of, f"{task.name} predictions", progress)
     summary = {"task": task.name, "split": ic.split, "step": step, "examples": num,
                **task_metrics.compute(task.metrics, [r["targets"] for r in rows],
                                       [r["prediction"] for r in rows])}
+    _write_jsonl(out_dir / "predictions.jsonl", rows)
     if jax.process_index() == 0:
-        fileio.atomic_write_text(out_dir / "predictions.jsonl", "".join(
-            json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         fileio.atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -214,7 +226,8 @@ def predict(cfg: RunConfig, examples, generator: Generator, tokenizer, out_dir: 
 class TaskEvaluator:
     """The metrics of every supervised task of the run that declares some (TaskConfig.metrics),
     over its decoded eval split: what training's eval passes and `t5x-like eval` add to the
-    loss metrics. Predictions go to MODEL_DIR/inference/<task>_eval_step<N>/."""
+    loss metrics. Predictions go to MODEL_DIR/eval_predictions/<task>_step<N>/ (apart from
+    `t5x-like infer`'s, whose settings may differ)."""
 
     def __init__(self, cfg: RunConfig, graphdef: nnx.GraphDef, partitioner, num_examples: int):
         from t5x_like import inputs  # the data layer: prepares the split on first use
@@ -235,8 +248,8 @@ class TaskEvaluator:
                                                                       split="eval"))
         out: dict[str, float] = {}
         for task in self.tasks:
-            directory = (pathlib.Path(cfg.train.model_dir) / "inference"
-                         / f"{task.name}_eval_step{step}")
+            directory = (pathlib.Path(cfg.train.model_dir) / "eval_predictions"
+                         / f"{task.name}_step{step}")
             summary = predict(cfg, self.examples[task.name], self.generator, self.tokenizer,
                               directory, task=task, step=step, progress=False,
                               max_examples=max(self.num_examples, 0))
@@ -280,32 +293,18 @@ def score(cfg: RunConfig, examples, scorer: Scorer, out_dir: pathlib.Path, *,
     out = ShardedOutput(out_dir, "scores", num, ic.shard_size)
     out.check_spec({"task": task.name, "step": step, "examples": num,
                     "shard_size": ic.shard_size})
-    pending = out.pending()
-    bar = _progress(num, num - sum(len(out.span(s)) for s in pending),
-                    f"{task.name} scores") if progress else None
-    for s in pending:
-        rows = []
-        for start in range(out.span(s).start, out.span(s).stop, ic.batch_size):
-            indices = list(range(start, min(start + ic.batch_size, out.span(s).stop)))
-            scores, tokens = scorer(scoring_rows(examples.batch(indices), lengths["inputs"],
-                                                 lengths["targets"], encoder_decoder))
-            for i, value, n in zip(indices, scores, tokens):
-                inputs_text, targets_text = examples.text(i)
-                rows.append({"index": i, "inputs": inputs_text, "targets": targets_text,
-                             "score": float(value), "target_tokens": int(n),
-                             "location": examples.location(i)})
-            if bar is not None:
-                bar.update(len(indices))
-        out.write(s, rows)
-    if bar is not None:
-        bar.close()
-    rows = out.merged() if jax.process_index() == 0 else []
+
+    def rows_of(indices):
+        scores, tokens = scorer(scoring_rows(examples.batch(indices), lengths["inputs"],
+                                             lengths["targets"], encoder_decoder))
+        return [{"index": i, **dict(zip(("inputs", "targets"), examples.text(i))),
+                 "score": float(value), "target_tokens": int(n),
+                 "location": examples.location(i)} for i, value, n in zip(indices, scores, tokens)]
+
+    rows = _fill(out, ic.batch_size, rows_of, f"{task.name} scores", progress)
     total = sum(r["score"] for r in rows)
     tokens = sum(r["target_tokens"] for r in rows)
-    summary = {"task": task.name, "split": ic.split, "step": step, "examples": num,
-               "log_likelihood": total, "target_tokens": tokens,
-               "perplexity": math.exp(-total / tokens) if tokens else float("nan")}
-    if jax.process_index() == 0:
-        fileio.atomic_write_text(out_dir / "scores.jsonl", "".join(
-            json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return summary
+    _write_jsonl(out_dir / "scores.jsonl", rows)
+    return {"task": task.name, "split": ic.split, "step": step, "examples": num,
+            "log_likelihood": total, "target_tokens": tokens,
+            "perplexity": math.exp(-total / tokens) if tokens else float("nan")}

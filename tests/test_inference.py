@@ -137,6 +137,6 @@ def test_training_eval_rows_carry_the_task_metrics(stdlib_data, tmp_path):
     for r in evals:
         assert 0 <= r["eval_exact_match/qa"] <= 100 and 0 <= r["eval_accuracy/qa"] <= 100
         assert 0 <= r["eval_accuracy"] <= 1  # the token accuracy of the loss metrics
-        lines = (tmp_path / "run" / "inference" / f"qa_eval_step{r['step']}" /
+        lines = (tmp_path / "run" / "eval_predictions" / f"qa_step{r['step']}" /
                  "predictions.jsonl").read_text().splitlines()
         assert len(lines) == 6
