@@ -51,6 +51,8 @@ def _setup(args, flags):
                           f"{args.command}; e.g. --gin_file=runs/finetune.gin")
     tokenizer = inputs.load_tokenizer(cfg)
     params, graphdef, step, partitioner = trainer.load_trained(cfg, step=args.step)
+    log.info("%s: step %d of %s on %s", args.command, step, cfg.train.model_dir,
+             partitioner.describe())
     return cfg, primary, tokenizer, params, graphdef, step, partitioner, tasks
 
 

@@ -366,3 +366,34 @@ def test_a_start_up_sigterm_dropped_in_a_finalizer_still_stops_the_run_at_the_lo
             _SignalsInAFinalizer()  # dropped at once: the exception dies with the finalizer
             distributed.PreemptionGuard()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_infer_on_two_processes_writes_the_predictions_of_one(stdlib_data, compile_cache,
+                                                              tmp_path):
+    """Decoding is SPMD over a mesh that spans processes: 2 processes x 4 devices decode the
+    same predictions.jsonl as this process's 8 devices (process 0 writes)."""
+    from t5x_like import cli
+    words = "alpha beta gamma delta open close read write".split()
+    rng = np.random.default_rng(0)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"q": " ".join(rng.choice(words, 5)),
+                                      "a": " ".join(rng.choice(words, 2))}) + "\n"
+                          for _ in range(11)))
+    flags = [*_cli_flags(stdlib_data.data_dir, tmp_path / "run", 2),
+             f"--gin.MIXTURE_OR_TASK_NAME='{qa}'", f"--gin.DataConfig.eval_files='{qa}'",
+             "--gin.DataConfig.inputs_field='q'", "--gin.DataConfig.targets_field='a'",
+             "--gin.ObjectiveConfig.name='supervised'", "--gin.OptimizerConfig.warmup_steps=1",
+             "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 12}",
+             "--gin.TrainConfig.batch_size=8", "--gin.InferConfig.batch_size=4",
+             "--gin.InferConfig.shard_size=5", "--gin.InferConfig.max_new_tokens=6"]
+    assert cli.main(["prepare", *flags]) == 0 and cli.main(["train", *flags]) == 0
+    assert cli.main(["infer", *flags, f"--gin.InferConfig.output_dir='{tmp_path / 'one'}'"]) == 0
+    job = Job(None, compile_cache, cli_args=[
+        "infer", *flags, f"--gin.InferConfig.output_dir='{tmp_path / 'two'}'"])
+    assert job.finish() == 0, job.output
+    assert "mesh data=2 fsdp=4 tensor=1 (8 cpu devices)" in job.output
+    one, two = ([json.loads(line) for line in next((tmp_path / d).glob("*/predictions.jsonl"))
+                 .read_text().splitlines()] for d in ("one", "two"))
+    assert [r["prediction"] for r in two] == [r["prediction"] for r in one]
+    assert len(one) == 11 and [r["index"] for r in two] == list(range(11))
+    np.testing.assert_allclose([r["score"] for r in two], [r["score"] for r in one], rtol=1e-4)

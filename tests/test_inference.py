@@ -140,3 +140,43 @@ def test_training_eval_rows_carry_the_task_metrics(stdlib_data, tmp_path):
         lines = (tmp_path / "run" / "eval_predictions" / f"qa_step{r['step']}" /
                  "predictions.jsonl").read_text().splitlines()
         assert len(lines) == 6
+
+
+def test_the_cli_scores_and_evaluates_a_fine_tuned_run(stdlib_data, tmp_path, capsys):
+    """train -> score -> eval through `t5x-like`: eval adds the task's exact match to its
+    losses over the whole eval split."""
+    from t5x_like import cli
+    task = _task(tmp_path)
+    gin = tmp_path / "qa.gin"
+    gin.write_text(f"""include 'runs/pretrain.gin'
+MODEL_DIR = '{tmp_path / "run"}'
+TRAIN_STEPS = 2
+MIXTURE_OR_TASK_NAME = 'qa'
+TASK_FEATURE_LENGTHS = {{'inputs': 24, 'targets': 12}}
+DataConfig.data_dir = '{stdlib_data.data_dir}'
+DataConfig.tasks = [@qa/TaskConfig()]
+qa/TaskConfig.name = 'qa'
+qa/TaskConfig.train_source = '{task.train_source}'
+qa/TaskConfig.eval_source = '{task.eval_source}'
+qa/TaskConfig.inputs_field = 'q'
+qa/TaskConfig.targets_field = 'a'
+qa/TaskConfig.metrics = ('exact_match',)
+ObjectiveConfig.name = 'supervised'
+ModelConfig.num_layers = 1
+ModelConfig.d_model = 32
+ModelConfig.mlp_dim = 64
+OptimizerConfig.warmup_steps = 1
+InferConfig.max_new_tokens = 4
+""")
+    assert cli.main(["train", f"--gin_file={gin}"]) == 0
+    capsys.readouterr()
+    assert cli.main(["score", f"--gin_file={gin}"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scored["examples"] == 13 and scored["log_likelihood"] < 0
+    rows = (tmp_path / "run" / "inference" / "qa_eval_step2_scores" / "scores.jsonl")
+    assert len(rows.read_text().splitlines()) == 13
+    assert cli.main(["eval", f"--gin_file={gin}"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["step"] == 2 and 0 <= metrics["eval_exact_match/qa"] <= 100
+    # The whole split: every target token that score counted.
+    assert metrics["eval_tokens"] == scored["target_tokens"]

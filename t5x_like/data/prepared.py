@@ -349,6 +349,8 @@ class PreparedDataset:
         first_P = self.first_record_D[docs_P] + starts_P // self.chunk_tokens
         last_P = self.first_record_D[docs_P] + (starts_P + lens_P - 1) // self.chunk_tokens
         wanted = sorted({int(r) for a, b in zip(first_P, last_P) for r in range(a, b + 1)})
+        if not wanted:  # no pieces (a process's empty share of the last eval batch)
+            return []
         tokens = {r: decode_record(raw, self.token_dtype)[1]
                   for r, raw in zip(wanted, self._records.__getitems__(wanted))}
         out = []

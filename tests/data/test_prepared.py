@@ -63,6 +63,9 @@ def test_tokens_metadata_and_chunked_reads(dataset, corpus, stdlib_data):
     starts_P, lens_P = np.array([0, 5, 2, 100]), np.array([5, 4, 3, 2])
     for got, d, s, n in zip(dataset.pieces(docs_P, starts_P, lens_P), docs_P, starts_P, lens_P):
         np.testing.assert_array_equal(got, ids[d][s:s + n])
+    # No pieces (a process's empty share of the last eval batch): no read at all.
+    empty = np.zeros(0, np.int64)
+    assert dataset.pieces(empty, empty, empty) == []
     np.testing.assert_array_equal(dataset.scores(), [d["quality"] for d in docs])
 
 
