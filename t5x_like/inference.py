@@ -10,8 +10,8 @@ so a killed run skips the finished shards when rerun; ``predictions.jsonl`` and
 `score` gives each example's log-likelihood of its given targets (teacher-forced, the rows laid
 out exactly as training lays them out) into ``scores.jsonl``.
 
-Every process runs the same batches (the mesh may span processes; decoding is SPMD), and only
-process 0 writes.
+Every process runs the same batches (the mesh may span processes; decoding is SPMD); process 0
+writes, and every process reads the shards back, so all report the same metrics.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class ShardedOutput:
 def _fill(out: ShardedOutput, batch_size: int, rows_of, what: str, progress: bool
           ) -> list[dict]:
     """Write every pending shard, ``rows_of(indices)`` per batch of example indices (with a
-    progress bar on a terminal); every shard's rows in order on process 0, [] elsewhere."""
+    progress bar on a terminal); every shard's rows, in order, on every process."""
     pending = out.pending()
     bar = None
     if progress:
@@ -164,7 +164,10 @@ def _fill(out: ShardedOutput, batch_size: int, rows_of, what: str, progress: boo
         out.write(s, rows)
     if bar is not None:
         bar.close()
-    return out.merged() if jax.process_index() == 0 else []
+    if jax.process_count() > 1:  # process 0 wrote the shards: every process reads them back,
+        from jax.experimental import multihost_utils  # so all report the same metrics
+        multihost_utils.sync_global_devices(f"{out.directory}/{out.name} written")
+    return out.merged()
 
 
 def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
