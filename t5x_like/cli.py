@@ -214,7 +214,7 @@ def _metadata_prefix(cfg, tokenizer, value: str | None) -> list[int]:
 
 def cmd_generate(args, flags) -> int:
     """Print a sampled continuation of the prompt."""
-    from t5x_like import gin_loader, inputs, trainer
+    from t5x_like import gin_loader, inference, inputs, trainer
     from t5x_like.generate import Generator, Sampling
     cfg = gin_loader.load_model_dir_config(args.model_dir, flags)
     tokenizer = inputs.load_tokenizer(cfg)
@@ -223,13 +223,12 @@ def cmd_generate(args, flags) -> int:
     # MeCo: the prefix sits where training put it, after the mode token (before the text).
     prefix = _metadata_prefix(cfg, tokenizer, args.metadata)
     text = tokenizer.encode(args.prompt)
-    prefix_lm = cfg.model.architecture != "encoder_decoder" and cfg.objective.name != "causal_lm"
+    prefix_lm = inference.is_prefix_lm(cfg)
     if cfg.model.architecture == "encoder_decoder":
         # The encoder sees what the denoisers' inputs looked like: [mode] [metadata] prompt EOS.
         prompt = mode + prefix + text + [tokenizer.eos_id]
-    elif prefix_lm:
-        # seqio's prefix-LM layout: decoder inputs [0, inputs..., EOS], prefix attended both ways.
-        prompt = [0] + mode + prefix + text + [tokenizer.eos_id]
+    elif prefix_lm:  # seqio's prefix-LM layout: [0] inputs EOS, attended both ways
+        prompt = inference.prompt_of(mode + prefix + text + [tokenizer.eos_id], False)
     else:
         prompt = mode + ([tokenizer.bos_id] if tokenizer.bos_id >= 0 else []) + prefix + text
     generator = Generator(params, graphdef, eos_id=tokenizer.eos_id, prefix_lm=prefix_lm,

@@ -69,7 +69,7 @@ def cmd_infer(args, flags) -> int:
     from t5x_like.generate import Generator
     cfg, primary, tokenizer, params, graphdef, step, partitioner, tasks = _setup(args, flags)
     generator = Generator(params, graphdef, eos_id=tokenizer.eos_id,
-                          prefix_lm=cfg.model.architecture != "encoder_decoder",
+                          prefix_lm=inference.is_prefix_lm(cfg),
                           partitioner=partitioner)
     for task in tasks:
         examples = inputs.supervised_examples(cfg, task, cfg.infer.split)

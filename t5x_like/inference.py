@@ -31,7 +31,7 @@ from flax import nnx
 
 from t5x_like import fileio, step as step_lib, task_metrics
 from t5x_like.config import InferConfig, RunConfig, TaskConfig
-from t5x_like.generate import Generator, Sampling
+from t5x_like.generate import Generator, Sampling, pad_prompts
 from t5x_like.objectives.examples import to_decoder_only
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Layout: an example as a prompt, and as a teacher-forced row.
 # --------------------------------------------------------------------------------------------
+def is_prefix_lm(cfg: RunConfig) -> bool:
+    """Whether the run's model reads its prompt both ways: a decoder-only model trained with
+    any objective but causal_lm (denoisers and supervised rows are seqio's prefix LM)."""
+    return cfg.model.architecture != "encoder_decoder" and cfg.objective.name != "causal_lm"
+
+
 def prompt_of(inputs_ids: np.ndarray, encoder_decoder: bool) -> list[int]:
     """What the decoder is prompted with: the encoder's inputs, or seqio's prefix-LM prefix
     ``[0] inputs`` (BOS = 0, then the inputs, attended both ways)."""
@@ -47,29 +53,29 @@ def prompt_of(inputs_ids: np.ndarray, encoder_decoder: bool) -> list[int]:
     return ids if encoder_decoder else [0] + ids
 
 
+def decoder_only_row(inputs, targets, length: int) -> dict[str, np.ndarray]:
+    """seqio's prefix-LM features of one example (``to_decoder_only``) as a row of its own: one
+    segment over inputs + targets, positions from 0."""
+    row = to_decoder_only(inputs, targets, length)
+    row["decoder_segment_ids"] = (np.arange(length) < len(inputs) + len(targets)).astype(np.int32)
+    row["decoder_positions"] = np.arange(length, dtype=np.int32)
+    return row
+
+
+def stack_rows(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A batch of rows' features."""
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def scoring_rows(pairs: Sequence[tuple[np.ndarray, np.ndarray]], inputs_length: int,
                  targets_length: int, encoder_decoder: bool) -> dict[str, np.ndarray]:
     """One unpacked training row per example (its own segment), loss weights on its targets."""
     if not encoder_decoder:
-        rows = [to_decoder_only(i, t, inputs_length + targets_length) for i, t in pairs]
-        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-        real = (np.cumsum(batch["decoder_loss_weights"][:, ::-1], 1)[:, ::-1] > 0) | (
-            batch["decoder_causal_attention"] > 0)
-        batch["decoder_segment_ids"] = real.astype(np.int32)
-        batch["decoder_positions"] = np.broadcast_to(
-            np.arange(batch["decoder_input_tokens"].shape[1], dtype=np.int32),
-            real.shape).copy()
-        return batch
+        return stack_rows([decoder_only_row(i, t, inputs_length + targets_length)
+                           for i, t in pairs])
 
-    def padded(seqs, length):
-        out, seg = np.zeros((len(seqs), length), np.int32), np.zeros((len(seqs), length),
-                                                                      np.int32)
-        for r, s in enumerate(seqs):
-            out[r, :len(s)], seg[r, :len(s)] = s, 1
-        return out, seg
-
-    enc, enc_seg = padded([i for i, _ in pairs], inputs_length)
-    dec, dec_seg = padded([t for _, t in pairs], targets_length)
+    enc, enc_seg = pad_prompts([i for i, _ in pairs], inputs_length, left=False)
+    dec, dec_seg = pad_prompts([t for _, t in pairs], targets_length, left=False)
     positions = lambda seg: (np.cumsum(seg, 1) - 1).clip(0).astype(np.int32)
     return {"encoder_input_tokens": enc, "encoder_segment_ids": enc_seg,
             "encoder_positions": positions(enc_seg), "decoder_target_tokens": dec,
@@ -234,12 +240,16 @@ class TaskEvaluator:
 
     def __init__(self, cfg: RunConfig, graphdef: nnx.GraphDef, partitioner, num_examples: int):
         from t5x_like import inputs  # the data layer: prepares the split on first use
-        self.cfg, self.num_examples = cfg, num_examples
+        # Always the eval split, whatever InferConfig.split says of `infer`.
+        self.cfg = dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, split="eval"))
+        self.num_examples = num_examples
         self.tasks = [t for t in cfg.data.tasks_of()[0] if t.supervised and t.metrics]
+        if not self.tasks:  # a pretraining run's eval: nothing to decode, nothing to load
+            return
         self.examples = {t.name: inputs.supervised_examples(cfg, t, "eval") for t in self.tasks}
         self.tokenizer = inputs.load_tokenizer(cfg)
         self.generator = Generator(None, graphdef, eos_id=self.tokenizer.eos_id,
-                                   prefix_lm=cfg.model.architecture != "encoder_decoder",
+                                   prefix_lm=is_prefix_lm(cfg),
                                    partitioner=partitioner)
 
     def __bool__(self) -> bool:
@@ -247,8 +257,7 @@ class TaskEvaluator:
 
     def __call__(self, params: Any, step: int) -> dict[str, float]:
         self.generator.params = params  # the compiled decode takes them as an argument
-        cfg = dataclasses.replace(self.cfg, infer=dataclasses.replace(self.cfg.infer,
-                                                                      split="eval"))
+        cfg = self.cfg
         out: dict[str, float] = {}
         for task in self.tasks:
             directory = (pathlib.Path(cfg.train.model_dir) / "eval_predictions"

@@ -23,8 +23,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from t5x_like.generate import Generator, Sampling, bucket
-from t5x_like.inference import Scorer
-from t5x_like.objectives.examples import to_decoder_only
+from t5x_like.inference import (Scorer, decoder_only_row, is_prefix_lm, prompt_of,
+                                stack_rows)
 
 
 def _causal_row(context: Sequence[int], continuation: Sequence[int], length: int
@@ -64,7 +64,7 @@ class T5xLikeLM(LM):
         cfg = gin_loader.load_model_dir_config(model_dir, {})
         tokenizer = inputs.load_tokenizer(cfg)
         params, graphdef, _, partitioner = trainer.load_trained(cfg)
-        prefix_lm = cfg.objective.name != "causal_lm"
+        prefix_lm = is_prefix_lm(cfg)  # the adapter refuses encoder-decoders itself
         return cls(Generator(params, graphdef, eos_id=tokenizer.eos_id, prefix_lm=prefix_lm,
                              partitioner=partitioner),
                    Scorer(params, graphdef, partitioner), tokenizer,
@@ -86,18 +86,13 @@ class T5xLikeLM(LM):
 
     def _rows(self, pairs: list[tuple[list[int], list[int]]]):
         """Rows of (context, continuation) ids, left-truncated to the model's row length."""
-        rows = []
+        rows = []  # a prefix LM: seqio's [0] context | continuation, the context both ways
         for ctx, cont in pairs:
             room = self.max_length - len(cont) - 1
             ctx = ctx[max(len(ctx) - room, 0):]
-            if self.prefix_lm:  # seqio layout: [0] context | continuation, prefix both ways
-                rows.append(to_decoder_only(ctx, cont, self.max_length))
-                rows[-1]["decoder_segment_ids"] = (
-                    np.arange(self.max_length) < len(ctx) + len(cont)).astype(np.int32)
-                rows[-1]["decoder_positions"] = np.arange(self.max_length, dtype=np.int32)
-            else:
-                rows.append(_causal_row(self.bos + ctx, cont, self.max_length))
-        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+            rows.append(decoder_only_row(ctx, cont, self.max_length) if self.prefix_lm
+                        else _causal_row(self.bos + ctx, cont, self.max_length))
+        return stack_rows(rows)
 
     def _score(self, pairs) -> list[tuple[float, bool]]:
         out = []
@@ -133,7 +128,8 @@ class T5xLikeLM(LM):
                         if kwargs.get("do_sample") else Sampling())
             ctx = self.tokenizer.encode(context)
             ctx = ctx[max(len(ctx) - (self.max_length - max_new - 1), 0):]
-            prompt = [0] + ctx + [self.tokenizer.eos_id] if self.prefix_lm else self.bos + ctx
+            prompt = (prompt_of(ctx + [self.tokenizer.eos_id], False) if self.prefix_lm
+                      else self.bos + ctx)
             result, = self.generator.generate([prompt], max_new_tokens=max_new,
                                               sampling=sampling, prompt_length=bucket(
                                                   len(prompt), 64))

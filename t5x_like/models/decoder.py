@@ -13,7 +13,7 @@ from flax import nnx
 
 from t5x_like.config import ModelConfig
 from t5x_like.models import stack
-from t5x_like.models.kv_cache import KVCache
+from t5x_like.models.kv_cache import KVCache, token_positions
 from t5x_like.models.layers import MLP, RMSNorm, Attention, param
 from t5x_like.models.ops import Kernels
 from t5x_like.models.rope import rope_frequencies
@@ -103,8 +103,7 @@ class Decoder(nnx.Module):
         bidirectional part. Otherwise one token per row (L = 1) against every slot. Positions
         count each row's real tokens, so padding shifts nothing.
         """
-        positions_BxL = cache.next_positions()[:, None] + jnp.maximum(
-            jnp.cumsum(segment_ids_BxL != 0, axis=1, dtype=jnp.int32) - 1, 0)
+        positions_BxL = cache.next_positions()[:, None] + token_positions(segment_ids_BxL)
         cache = cache.mark(segment_ids_BxL)
         dtype = jnp.dtype(self.cfg.dtype)
         x_BxLxD = jnp.take(self.token_embed[...], tokens_BxL, axis=0).astype(dtype)

@@ -26,7 +26,7 @@ from flax import nnx
 
 from t5x_like.config import ModelConfig
 from t5x_like.models import stack
-from t5x_like.models.kv_cache import CACHE_AXES, KVCache, slot_positions
+from t5x_like.models.kv_cache import CACHE_AXES, KVCache, slot_positions, token_positions
 from t5x_like.models.layers import MLP, RMSNorm, RelativePositionBias, T5Attention, fan_in_init, param
 from t5x_like.models.ops import Kernels
 from t5x_like.partitioning import constrain
@@ -184,11 +184,6 @@ def _packing(tokens_BxL: jax.Array, segment_ids_BxL: jax.Array | None,
     return segment_ids_BxL, positions_BxL
 
 
-def _positions(segment_ids_BxL: jax.Array) -> jax.Array:
-    """Positions of right-padded rows of one segment each: 0.. over the tokens, 0 on padding."""
-    return jnp.maximum(jnp.cumsum(segment_ids_BxL != 0, axis=1, dtype=jnp.int32) - 1, 0)
-
-
 class EncoderDecoder(nnx.Module):
     """Shared token embedding -> encoder stack; decoder stack -> logits over the vocabulary.
 
@@ -266,7 +261,7 @@ class EncoderDecoder(nnx.Module):
         empty decoder slots (segment 0 marks the inputs' padding)."""
         cfg = self.cfg
         encoded_BxSxD = self.encode(encoder_input_tokens_BxS, encoder_segment_ids_BxS,
-                                    _positions(encoder_segment_ids_BxS))
+                                    token_positions(encoder_segment_ids_BxS))
         cross_key, cross_value = self.decoder.cross_keys_values(encoded_BxSxD)
         cache = KVCache.zeros(num_layers=cfg.num_layers, batch=encoded_BxSxD.shape[0],
                               length=length, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,

@@ -119,6 +119,12 @@ class LayerView:
         return arrays[2 * which][self.layer], arrays[2 * which + 1][self.layer]
 
 
+def token_positions(segment_ids_BxL: jax.Array) -> jax.Array:
+    """[B, L] position of each token of one-segment rows, counting only real tokens (padding,
+    segment 0, takes none and gets the position before it, or 0)."""
+    return jnp.maximum(jnp.cumsum(segment_ids_BxL != 0, axis=1, dtype=jnp.int32) - 1, 0)
+
+
 def slot_positions(cache: KVCache) -> jax.Array:
     """[B, T] position of each slot's token (what a relative bias compares), 0 where empty."""
-    return jnp.maximum(jnp.cumsum(cache.segment_ids_BxT != 0, axis=1, dtype=jnp.int32) - 1, 0)
+    return token_positions(cache.segment_ids_BxT)
