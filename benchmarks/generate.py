@@ -75,6 +75,22 @@ def time_ours(gen, prompts, new_tokens: int, repeats: int):
     return statistics.median(times), [r.tokens for r in out]
 
 
+def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """GB/s at which XLA reads memory here (best of a jitted sum over a float32 array): the
+    floor of a batch-1 decode step is its weights' bytes at this rate."""
+    import jax
+    import jax.numpy as jnp
+    x = jnp.ones(megabytes * 2**20 // 4, jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        total(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return x.nbytes / best / 1e9
+
+
 def time_cache_free(gen, prompts, new_tokens: int, repeats: int) -> float:
     """Greedy decoding that re-runs the decoder over the whole buffer for each new token."""
     import jax
@@ -130,7 +146,7 @@ def run(args) -> list[dict]:
     torch.set_num_threads(os.cpu_count())
     rng = np.random.default_rng(0)
     rows = []
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             gen, hf_model, seq2seq = build(name, pathlib.Path(tmp))
         vocab = hf_model.config.vocab_size
@@ -170,7 +186,8 @@ def print_row(row: dict, header: bool) -> None:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="tiny,llama_100m,t5_100m",
-                   help="configs/models/<name>.gin, comma-separated")
+                   help="configs/models/<name>.gin, comma-separated ('' = only the header's "
+                        "memory bandwidth)")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--new_tokens", type=int, default=128)
     p.add_argument("--prompt_len", type=int, default=32)
@@ -185,7 +202,8 @@ def main(argv=None) -> list[dict]:
     import torch
     import transformers
     print(f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} cores, jax "
-          f"{jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+          f"{jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
+          f"; XLA reads memory at {read_bandwidth():.1f} GB/s")
     rows = run(args)
     if args.json:
         meta = dict(date=str(datetime.date.today()), cores=os.cpu_count(),
